@@ -39,9 +39,20 @@ def _path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in {"IntentRule", "KeywordRule", "StateRule", "FeatureRule", "SessionRule",
-                      "ConversationLengthRule", "intent", "keyword", "state", "features",
-                      "session", "conversation_length"} and out.startswith("rules"):
+        elif part in {
+            "IntentRule",
+            "KeywordRule",
+            "StateRule",
+            "FeatureRule",
+            "SessionRule",
+            "ConversationLengthRule",
+            "intent",
+            "keyword",
+            "state",
+            "features",
+            "session",
+            "conversation_length",
+        } and out.startswith("rules"):
             continue  # pydantic's discriminator tag is noise in a user-facing path
         else:
             out += f".{part}" if out else str(part)
@@ -51,7 +62,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate policy text; raise :class:`PolicyError` listing every problem."""
     try:
-        data = yaml.load(text, Loader=_DecimalLoader)  # noqa: S506 - SafeLoader subclass
+        data = yaml.load(text, Loader=_DecimalLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -102,20 +113,21 @@ def cross_check(policy: Policy) -> list[PolicyProblem]:
     problems: list[PolicyProblem] = []
     for mid, model in policy.models.items():
         if model.provider not in policy.providers:
-            problems.append(PolicyProblem(f"models.{mid}.provider",
-                                          f"unknown provider {model.provider!r}"))
+            problems.append(
+                PolicyProblem(f"models.{mid}.provider", f"unknown provider {model.provider!r}")
+            )
     for tname, tier in policy.tiers.items():
         for i, mid in enumerate(tier.models):
             if mid not in policy.models:
-                problems.append(PolicyProblem(f"tiers.{tname}.models[{i}]",
-                                              f"unknown model {mid!r}"))
+                problems.append(
+                    PolicyProblem(f"tiers.{tname}.models[{i}]", f"unknown model {mid!r}")
+                )
         if len(set(tier.models)) != len(tier.models):
             problems.append(PolicyProblem(f"tiers.{tname}.models", "a model is listed twice"))
     if policy.default_tier not in policy.tiers:
         problems.append(PolicyProblem("default_tier", f"unknown tier {policy.default_tier!r}"))
     if policy.baseline_model not in policy.models:
-        problems.append(PolicyProblem("baseline_model",
-                                      f"unknown model {policy.baseline_model!r}"))
+        problems.append(PolicyProblem("baseline_model", f"unknown model {policy.baseline_model!r}"))
     known_intents = set(BUILTIN_INTENTS) | set(policy.intents)
     for name, spec in policy.intents.items():
         for i, pat in enumerate(spec.patterns):
@@ -132,8 +144,9 @@ def cross_check(policy: Policy) -> list[PolicyProblem]:
         if isinstance(rule, IntentRule):
             for j, intent in enumerate(rule.intents):
                 if intent not in known_intents:
-                    problems.append(PolicyProblem(f"{where}.intents[{j}]",
-                                                  f"unknown intent {intent!r}"))
+                    problems.append(
+                        PolicyProblem(f"{where}.intents[{j}]", f"unknown intent {intent!r}")
+                    )
         if isinstance(rule, KeywordRule):
             if not rule.keywords and not rule.patterns:
                 problems.append(PolicyProblem(where, "a keyword rule needs keywords or patterns"))
@@ -143,8 +156,9 @@ def cross_check(policy: Policy) -> list[PolicyProblem]:
         if isinstance(rule, SessionRule):
             for j, t in enumerate(rule.from_tiers):
                 if t not in policy.tiers:
-                    problems.append(PolicyProblem(f"{where}.from_tiers[{j}]",
-                                                  f"unknown tier {t!r}"))
+                    problems.append(
+                        PolicyProblem(f"{where}.from_tiers[{j}]", f"unknown tier {t!r}")
+                    )
     return problems
 
 

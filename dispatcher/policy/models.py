@@ -106,6 +106,8 @@ class IntentRule(_Rule):
     intents: list[str] = Field(min_length=1)
     #: the whole turn must be this intent (plus fillers), not merely contain it
     whole: bool = False
+    #: with ``whole``: intents that may stand beside, but not alone ("great, thanks, bye")
+    also_allow: list[str] = []
     max_words: PositiveInt | None = None
     min_words: NonNegativeInt | None = None
 

@@ -28,7 +28,8 @@ class ChatRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     stop: list[str] | None = None
-    tools: list[dict[str, Any]] | None = None  # OpenAI form: {"type": "function", "function": {...}}
+    # OpenAI form: {"type": "function", "function": {...}}
+    tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None  # "auto" | "none" | "required" | {function}
     extra_headers: dict[str, str] = field(default_factory=dict)
 

@@ -1,0 +1,245 @@
+"""The ``dispatcher`` command line: thin wrappers that parse, call and print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dispatcher.errors import PolicyError
+from dispatcher.policy import Policy, load_policy
+from dispatcher.settings import get_settings
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # the command ran and found a problem (bad policy, bad dataset line)
+    USAGE = 2  # bad arguments
+
+
+app = typer.Typer(
+    help="Route each voice-bot turn to the right LLM tier.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Policy file commands.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option("--policy", help="policy file (default: $DISPATCHER_POLICY or the built-in one)"),
+]
+
+
+def _policy(path: Path | None) -> Policy:
+    source = path or get_settings().policy
+    try:
+        return load_policy(source)
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(Exit.FAILED) from None
+
+
+@policy_app.command("check")
+def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML file")]) -> None:
+    """Validate a policy file: print every problem and exit 1, or a summary of the tiers."""
+    try:
+        policy = load_policy(file)
+    except PolicyError as exc:
+        for p in exc.problems:
+            err.print(f"{file}: {p}", highlight=False, markup=False)
+        err.print(f"[red]{len(exc.problems)} problem(s) in {file}[/red]")
+        raise typer.Exit(Exit.FAILED) from None
+    table = Table(title=f"{file} (version {policy.version}, prices as of {policy.prices_as_of})")
+    for col in ("tier", "queue", "chain", "primary price in/out per 1M", "max out", "hedge ms"):
+        table.add_column(col)
+    for name, tier in policy.tiers.items():
+        primary = policy.models[tier.models[0]].price
+        table.add_row(
+            name,
+            policy.queue(name),
+            " → ".join(tier.models),
+            f"${primary.input} / ${primary.output}",
+            str(tier.max_output_tokens),
+            str(tier.hedge_ms or "-"),
+        )
+    out.print(table)
+    out.print(
+        f"{len(policy.rules)} rules, default tier {policy.default_tier}, "
+        f"baseline model {policy.baseline_model}"
+    )
+
+
+@app.command()
+def route(
+    text: Annotated[str | None, typer.Argument(help="the user's turn")] = None,
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--state", help="conversation state as key=value, e.g. last_bot_act=ask_yes_no"
+        ),
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", help="session snapshot: the tier the previous turn reached"),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file", help="JSON lines in (text, messages, state, session, id); decisions out"
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the decision as JSON")] = False,
+    policy_path: PolicyOpt = None,
+) -> None:
+    """Dry-run the router on one turn (or a file of turns) and show the rule that fired."""
+    from dispatcher.domain import SessionSnapshot
+    from dispatcher.evaluation import (
+        DatasetError,
+        decision_json,
+        parse_example,
+        parse_state_pairs,
+        route_example,
+    )
+    from dispatcher.routing import Router
+
+    policy = _policy(policy_path)
+    router = Router(policy)
+    if file is not None:
+        failed = False
+        with file.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    ex = parse_example(line, lineno)
+                except DatasetError as exc:
+                    failed = True
+                    sys.stdout.write(json.dumps({"line": lineno, "error": str(exc)}) + "\n")
+                    continue
+                d = route_example(router, ex)
+                sys.stdout.write(json.dumps(decision_json(ex.id, d)) + "\n")
+        raise typer.Exit(Exit.FAILED if failed else Exit.OK)
+    if text is None:
+        err.print("give a TEXT or --file")
+        raise typer.Exit(Exit.USAGE)
+    try:
+        st = parse_state_pairs(state or [])
+    except ValueError as exc:
+        err.print(str(exc))
+        raise typer.Exit(Exit.USAGE) from None
+    if after is not None and after not in policy.tiers:
+        err.print(f"--after {after!r}: unknown tier (known: {', '.join(policy.tiers)})")
+        raise typer.Exit(Exit.USAGE)
+    session = SessionSnapshot(tier=after, turns_ago=1) if after else None
+    d = router.route(text, (), st, session)
+    if as_json:
+        sys.stdout.write(json.dumps(decision_json(None, d)) + "\n")
+        return
+    out.print(
+        f"tier [bold]{d.tier}[/bold]  model [bold]{d.model}[/bold]  "
+        f"rule [bold]{d.rule}[/bold]  confidence {d.confidence:.2f}"
+    )
+    out.print(f"chain: {' → '.join(d.chain)}")
+    out.print(f"features: {d.features}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path, typer.Argument(help="JSON lines with text and expected_tier")],
+    plot: Annotated[Path | None, typer.Option("--plot", help="write a PNG here")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    mistakes: Annotated[int, typer.Option("--mistakes", help="show this many mistakes")] = 0,
+    policy_path: PolicyOpt = None,
+) -> None:
+    """Routing quality on a labelled dataset: confusion matrix, rates, cost vs baseline."""
+    from dispatcher.evaluation import DatasetError, evaluate, plot_report, read_examples
+
+    policy = _policy(policy_path)
+    try:
+        examples = list(read_examples(dataset))
+        report = evaluate(policy, examples)
+    except (DatasetError, OSError) as exc:
+        err.print(f"{dataset}: {exc}", markup=False)
+        raise typer.Exit(Exit.FAILED) from None
+    summary = report.as_dict()
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        table = Table(title=f"{dataset}: expected (rows) vs routed (columns)")
+        table.add_column("expected")
+        for t in report.tiers:
+            table.add_column(t, justify="right")
+        for e in report.tiers:
+            table.add_row(e, *(str(report.matrix[e][r]) for r in report.tiers))
+        out.print(table)
+        for key in (
+            "turns",
+            "accuracy",
+            "under_routed",
+            "over_routed",
+            "complex_to_fast",
+            "complex_to_reasoning",
+            "simple_to_reasoning_or_long",
+        ):
+            out.print(f"{key:30} {summary[key]}")
+        out.print(
+            f"cost of routed mix ${summary['routed_cost_usd']} vs all-baseline "
+            f"${summary['baseline_cost_usd']} (saves {summary['savings_pct']}%)"
+        )
+    for ex, d in report.mistakes[:mistakes]:
+        err.print(
+            f"{ex.id}: expected {ex.expected_tier} got {d.tier} ({d.rule}): {ex.text[:150]!r}",
+            markup=False,
+            highlight=False,
+        )
+    if plot is not None:
+        plot_report(report, plot)
+        out.print(f"plot written to {plot}")
+
+
+@bench_app.command("route")
+def bench_route(
+    iterations: Annotated[int, typer.Option("--iterations", "-n")] = 20000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    policy_path: PolicyOpt = None,
+) -> None:
+    """Time routing decisions: p50/p99 per decision, for a 30-word turn and a mixed set."""
+    from dispatcher.routing.bench import run_route_bench
+
+    result = run_route_bench(_policy(policy_path), iterations)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    table = Table(title=f"routing decision time ({iterations} decisions per case)")
+    for col in ("case", "words", "p50 µs", "p99 µs", "max µs", "decisions/s"):
+        table.add_column(col, justify="right")
+    for case in result["cases"]:
+        table.add_row(
+            case["name"],
+            str(case["words"]),
+            f"{case['p50_us']:.1f}",
+            f"{case['p99_us']:.1f}",
+            f"{case['max_us']:.1f}",
+            f"{case['per_second']:,.0f}",
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

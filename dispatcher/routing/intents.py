@@ -1,0 +1,1152 @@
+"""Built-in intent phrase and pattern sets, written for voice transcripts.
+
+Two kinds of intent:
+
+- **closed** intents (confirmation, greeting, thanks, ...) are short social acts; a turn
+  *is* one when, after removing their phrases and the fillers, nothing is left
+  (``IntentRule(whole=True)``);
+- **open** intents (code, math, troubleshooting, ...) are found anywhere in a turn: by
+  phrases (word sequences, matched token by token: one dict lookup a word), and by regular
+  expressions that only run when one of their trigger words is in the turn. Python's
+  ``re`` scans a big alternation at every character, which costs tens of microseconds a
+  turn; the trigger gate keeps a decision in the low microseconds.
+
+All matching runs on the normalised text (:func:`dispatcher.routing.text.normalise`):
+lower case, no punctuation but apostrophes, fillers removed, single spaces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Phrases of the closed intents. Order does not matter; longer phrases win when compiled.
+CLOSED_INTENTS: dict[str, list[str]] = {
+    "confirmation": [
+        "yes",
+        "yeah",
+        "yep",
+        "yup",
+        "ya",
+        "yea",
+        "yes please",
+        "yes sir",
+        "yes ma'am",
+        "sure",
+        "sure thing",
+        "ok",
+        "okay",
+        "okey",
+        "k",
+        "alright",
+        "all right",
+        "right",
+        "correct",
+        "that's correct",
+        "thats correct",
+        "that is correct",
+        "that's right",
+        "thats right",
+        "that is right",
+        "exactly",
+        "absolutely",
+        "definitely",
+        "of course",
+        "uh huh",
+        "mhm",
+        "mm hmm",
+        "mhmm",
+        "sounds good",
+        "that sounds good",
+        "sounds great",
+        "that works",
+        "that works for me",
+        "works for me",
+        "perfect",
+        "great",
+        "good",
+        "fine",
+        "that's fine",
+        "thats fine",
+        "go ahead",
+        "please do",
+        "do it",
+        "confirm",
+        "confirmed",
+        "i confirm",
+        "affirmative",
+        "you got it",
+        "that'll work",
+        "that will work",
+        "i agree",
+        "agreed",
+        "sounds about right",
+        "i think so",
+        "yes it is",
+        "yes i do",
+        "yes i am",
+        "yes it does",
+        "yes that's it",
+        "that's it",
+        "that's the one",
+        "cool",
+        "awesome",
+        "nice",
+        "got it",
+        "i got it",
+        "understood",
+        "i understand",
+        "makes sense",
+        "that makes sense",
+        "lovely",
+        "wonderful",
+        "excellent",
+        "indeed",
+        "please",
+        "yes that's fine",
+        "go for it",
+        "let's do it",
+        "lets do it",
+        "book it",
+        "i'd like that",
+        "i would like that",
+        "yes i would",
+        "sure why not",
+        "why not",
+    ],
+    "denial": [
+        "no",
+        "nope",
+        "nah",
+        "no no",
+        "no thanks",
+        "no thank you",
+        "not really",
+        "not at all",
+        "no it's not",
+        "no it isn't",
+        "no i don't",
+        "no i didn't",
+        "that's wrong",
+        "that's not right",
+        "that's incorrect",
+        "incorrect",
+        "wrong",
+        "never mind",
+        "nevermind",
+        "i don't think so",
+        "negative",
+        "not now",
+        "not yet",
+        "no that's it",
+        "no that's all",
+        "nothing else",
+        "no i'm good",
+        "i'm good",
+        "i'm fine",
+        "not today",
+        "don't",
+        "please don't",
+        "no way",
+    ],
+    "greeting": [
+        "hi",
+        "hello",
+        "hey",
+        "hey there",
+        "hi there",
+        "hello there",
+        "good morning",
+        "good afternoon",
+        "good evening",
+        "morning",
+        "howdy",
+        "greetings",
+        "yo",
+        "hiya",
+        "hello hello",
+        "hi how are you",
+        "hello how are you",
+        "how are you",
+        "how are you doing",
+        "how's it going",
+        "how are things",
+        "what's up",
+        "hey how's it going",
+        "is anyone there",
+        "anyone there",
+        "can you hear me",
+        "are you there",
+        "hello is this",
+        "hi is this",
+    ],
+    "farewell": [
+        "bye",
+        "goodbye",
+        "good bye",
+        "bye bye",
+        "see you",
+        "see ya",
+        "talk to you later",
+        "take care",
+        "have a good day",
+        "have a nice day",
+        "have a great day",
+        "have a good one",
+        "have a good night",
+        "good night",
+        "that's all",
+        "that's it for now",
+        "that's all i needed",
+        "that's everything",
+        "that is all",
+        "i'm done",
+        "we're done",
+        "that'll be all",
+        "that will be all",
+        "i'm all set",
+        "all set",
+        "nothing else",
+        "that's all for today",
+        "cheers",
+        "later",
+        "catch you later",
+    ],
+    "thanks": [
+        "thanks",
+        "thank you",
+        "thank you so much",
+        "thanks so much",
+        "thanks a lot",
+        "many thanks",
+        "thank you very much",
+        "thanks very much",
+        "much appreciated",
+        "appreciate it",
+        "i appreciate it",
+        "i appreciate that",
+        "appreciate that",
+        "thx",
+        "ty",
+        "cheers",
+        "that's helpful",
+        "that was helpful",
+        "very helpful",
+        "helpful",
+        "thanks for your help",
+        "thank you for your help",
+        "thanks for the help",
+        "thank you for helping",
+        "you've been very helpful",
+        "you've been helpful",
+        "you're the best",
+        "thank you kindly",
+    ],
+    "repeat": [
+        "repeat",
+        "repeat that",
+        "can you repeat that",
+        "could you repeat that",
+        "repeat that please",
+        "say that again",
+        "can you say that again",
+        "could you say that again",
+        "sorry",
+        "pardon",
+        "pardon me",
+        "come again",
+        "what",
+        "huh",
+        "what was that",
+        "sorry what was that",
+        "i didn't catch that",
+        "i didn't hear you",
+        "i didn't get that",
+        "one more time",
+        "say again",
+        "what did you say",
+        "sorry what",
+        "excuse me",
+        "slower please",
+        "can you speak slower",
+        "can you slow down",
+        "i can't hear you",
+        "you're breaking up",
+        "sorry i missed that",
+        "can you go back",
+    ],
+    "hold": [
+        "hold on",
+        "hold on a sec",
+        "hold on a second",
+        "one sec",
+        "one second",
+        "just a sec",
+        "just a second",
+        "give me a sec",
+        "give me a second",
+        "give me a minute",
+        "wait",
+        "wait a sec",
+        "wait a second",
+        "wait a minute",
+        "hang on",
+        "hang on a sec",
+        "one moment",
+        "just a moment",
+        "bear with me",
+        "let me check",
+        "let me think",
+        "let me see",
+        "let me look",
+        "hmm let me see",
+        "let me grab my card",
+        "let me find it",
+        "let me get my card",
+    ],
+    "cancel": [
+        "cancel",
+        "cancel that",
+        "stop",
+        "stop that",
+        "forget it",
+        "forget that",
+        "scratch that",
+        "never mind that",
+        "start over",
+        "go back",
+        "undo",
+        "undo that",
+        "quit",
+        "exit",
+        "stop please",
+        "cancel please",
+    ],
+    "agent": [
+        "agent",
+        "talk to a real person",
+        "speak to a real person",
+        "speak with someone",
+        "talk with someone",
+        "speak with a person",
+        "speak with an agent",
+        "live agent",
+        "live person",
+        "representative",
+        "operator",
+        "human",
+        "a human",
+        "real person",
+        "a real person",
+        "talk to a person",
+        "speak to a person",
+        "talk to a human",
+        "speak to a human",
+        "talk to someone",
+        "speak to someone",
+        "talk to an agent",
+        "speak to an agent",
+        "speak to a representative",
+        "talk to a representative",
+        "customer service",
+        "transfer me",
+        "can i talk to a person",
+        "can i speak to someone",
+        "i want to speak to a manager",
+        "manager",
+        "speak to a manager",
+        "let me talk to someone",
+        "connect me to an agent",
+        "get me a human",
+        "i want a human",
+        "put me through to someone",
+    ],
+    "smalltalk": [
+        "how's your day",
+        "how is your day",
+        "how's your day going",
+        "nice weather today",
+        "what's your name",
+        "who are you",
+        "are you a robot",
+        "are you a bot",
+        "are you a real person",
+        "are you human",
+        "is this a robot",
+        "lol",
+        "haha",
+        "ha ha",
+        "oh",
+        "oh okay",
+        "oh ok",
+        "ah",
+        "ah okay",
+        "i see",
+        "oh i see",
+        "wow",
+        "oh wow",
+        "interesting",
+        "really",
+        "oh really",
+        "no worries",
+        "no problem",
+        "you too",
+        "same to you",
+        "likewise",
+        "me too",
+        "good thanks",
+        "i'm good thanks",
+        "not bad",
+        "doing well",
+        "i'm doing well",
+        "pretty good",
+        "i'm fine thanks",
+        "fine thanks",
+        "can't complain",
+    ],
+}
+
+# Words that carry no content in a short turn and may surround a closed intent.
+FILLER_WORDS = frozenset(
+    [
+        "uh",
+        "um",
+        "uhm",
+        "umm",
+        "uhh",
+        "er",
+        "erm",
+        "hmm",
+        "hm",
+        "ah",
+        "ahh",
+        "eh",
+        "oh",
+        "so",
+        "well",
+        "like",
+        "just",
+        "and",
+        "but",
+        "also",
+        "then",
+        "okay",
+        "ok",
+        "yeah",
+        "please",
+        "sir",
+        "ma'am",
+        "man",
+        "dude",
+        "buddy",
+        "again",
+        "now",
+        "very",
+        "much",
+        "really",
+        "actually",
+        "then",
+        "alright",
+        "i",
+        "mean",
+        "you",
+        "know",
+    ]
+)
+
+NUM = "<num>"  # trigger pseudo-token: the turn has a number (digits or a number word)
+CODE_CHARS = "<code>"  # trigger pseudo-token: the raw turn has code punctuation
+
+
+@dataclass(frozen=True, slots=True)
+class Gated:
+    """A regex over the normalised turn that runs only when a trigger token is present."""
+
+    triggers: frozenset[str]
+    pattern: str
+    min_numbers: int = 0
+    raw: bool = False  # match the raw (lower-cased) turn instead of the normalised one
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIntent:
+    phrases: tuple[str, ...] = ()
+    gated: tuple[Gated, ...] = ()
+
+
+def _g(triggers: str, pattern: str, min_numbers: int = 0, raw: bool = False) -> Gated:
+    return Gated(frozenset(triggers.split()), pattern, min_numbers, raw)
+
+
+def _p(text: str) -> tuple[str, ...]:
+    """Phrases, one a line."""
+    return tuple(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+_NUM_WORD = (
+    r"(?:\d[\d.,]*|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"fifteen|twenty|thirty|forty|fifty|hundred|thousand)"
+)
+_NEG = (
+    "not isn't isnt doesn't doesnt won't wont can't cant cannot couldn't stopped stops "
+    "keep keeps kept failed fails unable refuses never"
+)
+
+OPEN_INTENTS: dict[str, OpenIntent] = {
+    "summarize": OpenIntent(
+        phrases=_p("""
+            summarize
+            summarise
+            summarized
+            summarised
+            summarizing
+            summarising
+            summarization
+            recap
+            recapping
+            sum up
+            sum it up
+            sum this up
+            sum that up
+            sum everything up
+            sum things up
+            tl dr
+            tldr
+            the gist
+            gist of
+            key points
+            main points
+            key takeaways
+            main takeaways
+            in a nutshell
+            boil it down
+            condense
+            synopsis
+            brief overview
+            quick overview
+            short overview
+            high level overview
+        """),
+        gated=(
+            _g(
+                "summary",
+                r"\bsummary of (?:the |this |our |that |these |those |my )?(?:call|"
+                r"conversation|chat|discussion|meeting|article|document|text|report|email|thread|"
+                r"passage|paper|above|story|book|chapter|transcript|notes|what|everything|it)\b",
+            ),
+            _g(
+                "summary",
+                r"\b(?:give|write|make|provide|need|want|send|do|prepare|draft|get)\b"
+                r"(?: me| us)?(?: a| an| the)?(?: quick| short| brief| one line| executive| "
+                r"detailed| full)? summary\b(?! of my)",
+            ),
+            _g(
+                "what",
+                r"\bwhat (?:did|have|were) we (?:just |already )?(?:talk(?:ed|ing)? about|"
+                r"discuss(?:ed|ing)?|agree(?:d)?(?: on)?|cover(?:ed)?|decide(?:d)?|go over|"
+                r"settle(?:d)? on)\b|\bwhat was (?:agreed|decided|discussed)\b",
+            ),
+            _g(
+                "over through",
+                r"\b(?:go|run) (?:back )?(?:over|through) (?:everything|what we|"
+                r"all (?:of )?(?:that|this|what)|the (?:call|conversation|whole thing))\b",
+            ),
+            _g(
+                "about saying",
+                r"\bwhat (?:is|was|are) (?:this|the) (?:article|document|report|"
+                r"text|paper|passage|email|thread|story) (?:about|saying)\b",
+            ),
+            _g(
+                "bullet",
+                r"\bbullet points?\b.*\b(?:call|conversation|article|document|text|"
+                r"report|above|email|thread|meeting|discussion)\b",
+            ),
+        ),
+    ),
+    "code": OpenIntent(
+        phrases=_p("""
+            python
+            javascript
+            typescript
+            golang
+            kotlin
+            c++
+            c#
+            php
+            perl
+            scala
+            haskell
+            bash script
+            shell script
+            powershell
+            sql
+            html
+            css
+            regex
+            regexp
+            regular expression
+            json
+            yaml
+            numpy
+            pandas
+            django
+            flask
+            nodejs
+            node js
+            fastapi
+            dockerfile
+            kubernetes
+            terraform
+            java
+            stack trace
+            traceback
+            syntax error
+            runtime error
+            compile error
+            null pointer
+            nullpointerexception
+            segfault
+            segmentation fault
+            linked list
+            binary tree
+            binary search
+            hash map
+            hashmap
+            hash table
+            time complexity
+            space complexity
+            big o
+            recursion
+            recursive
+            for loop
+            while loop
+            unit test
+            unit tests
+            pull request
+            merge conflict
+            compiler
+            source code
+            code snippet
+            code review
+            write code
+            a function
+            this function
+            the function that
+            an algorithm
+            algorithm
+            rest api
+            api endpoint
+            dynamic programming
+            leetcode
+            array of integers
+            list of integers
+            integer array
+            boolean
+        """),
+        gated=(
+            _g(
+                "write implement create build generate fix debug refactor optimize optimise code",
+                r"\b(?:write|implement|create|build|generate|fix|debug|refactor|optimi[sz]e|code)\b"
+                r"(?: me)?(?: a| an| the| this| my| some)?(?: \w+){0,2} (?:function|program|script|"
+                r"method|algorithm|query|snippet|code|unit tests?|endpoint|loop|module|api|bug|app|"
+                r"application|class)\b",
+            ),
+            _g(
+                CODE_CHARS,
+                r"```|\bdef \w+\s*\(|\breturn\b[^\n]*[;)]|^\s*(?:import|from) \w+|"
+                r"#include|console\.log|\bprint\s*\(|\bselect\b[^\n]*\bfrom\b|\bint main\b|=>|"
+                r"\bfn \w+|\b(?:var|const|let) \w+\s*=|\w+\([^)\n]*\)\s*[{:;]|[{};]\s*$",
+                raw=True,
+            ),
+        ),
+    ),
+    "math": OpenIntent(
+        phrases=_p("""
+            calculate
+            compute
+            solve for
+            equation
+            equations
+            derivative
+            integral
+            probability
+            square root
+            factorial
+            percent of
+            percentage of
+            logarithm
+            expected value
+            standard deviation
+            compound interest
+            amortization
+            amortisation
+            prime number
+            prime numbers
+            greatest common
+            least common
+            sum of the
+            product of
+            how many ways
+            arithmetic
+        """),
+        gated=(
+            _g(
+                NUM,
+                rf"{_NUM_WORD}\s*(?:[-+*/^×÷x]|plus|minus|times|divided by|multiplied by|"
+                rf"to the power of)\s*{_NUM_WORD}",
+            ),
+            _g(
+                "how what",
+                r"\b(?:how (?:much|many|long|far|old|fast)|what (?:is|was|will be|"
+                r"would be) the (?:total|average|difference|sum|ratio|remainder|result|final|new)|"
+                r"what percent(?:age)?)\b.*\b(?:total|altogether|in all|left|remain(?:ing|s)?|"
+                r"each|per|every|average|twice|half|thrice|times as|more than|less than|fewer|"
+                r"combined|after|rate|percent|off|discount|interest|split|if)\b",
+                min_numbers=2,
+            ),
+            _g(
+                NUM,
+                r"\b(?:if|then|each|every|per|twice|half|total|altogether|remaining|left)\b"
+                r".*\b(?:how (?:much|many|long|far|old)|what (?:is|was) the (?:total|average|"
+                r"difference|sum|cost|price))\b",
+                min_numbers=2,
+            ),
+        ),
+    ),
+    "troubleshooting": OpenIntent(
+        phrases=_p("""
+            error code
+            error message
+            troubleshoot
+            troubleshooting
+            diagnose
+            diagnostic
+            glitch
+            glitching
+            glitchy
+            malfunction
+            malfunctioning
+            blue screen
+            bsod
+            check engine light
+            dial tone
+            no signal
+            no internet
+            no service
+            no power
+            no sound
+            no picture
+            no wifi
+            dead zone
+            blinking red
+            flashing red
+            blinking orange
+            flashing orange
+            blinking light
+            flashing light
+            solid red
+            red light
+            orange light
+            amber light
+            dropped calls
+            dropping calls
+            keeps dropping
+            keeps crashing
+            keeps freezing
+            keeps disconnecting
+            keeps restarting
+            keeps rebooting
+            keeps buffering
+            keeps kicking me
+            really slow
+            so slow
+            very slow
+            super slow
+            firmware
+            factory reset
+            already tried
+            already restarted
+            already rebooted
+            already reset
+            already unplugged
+            already reinstalled
+            already checked
+            already cleared
+            tried restarting
+            tried rebooting
+            tried resetting
+            tried unplugging
+            tried reinstalling
+            tried everything
+            tried turning it
+            restarted it
+            rebooted it
+            unplugged it
+            power cycled
+            power cycle
+            power cycling
+            not working
+            stopped working
+            isn't working
+            doesn't work
+            won't turn on
+            won't start
+            won't connect
+            won't load
+            won't charge
+            won't print
+            can't connect
+            cannot connect
+            overheating
+        """),
+        gated=(
+            _g(
+                _NEG,
+                r"\b(?:not|isn't|isnt|doesn't|doesnt|won't|wont|can't|cant|cannot|couldn't|"
+                r"stopped|stops|keeps?|kept|failed to|fails to|unable to|refuses to|never)"
+                r"(?: \w+){0,2} (?:work(?:ing|s)?|connect(?:ing|s)?|turn(?:ing)? on|power(?:ing)? on|"
+                r"charg(?:e|ing)|load(?:ing)?|boot(?:ing)?|start(?:ing)?|sync(?:ing)?|print(?:ing)?|"
+                r"respond(?:ing)?|pair(?:ing)?|updat(?:e|ing)|install(?:ing)?|drop(?:ping|s)?|"
+                r"crash(?:ing|es)?|freez(?:e|ing|es)|disconnect(?:ing|s)?|reboot(?:ing|s)?|"
+                r"restart(?:ing|s)?|buffer(?:ing)?|lag(?:ging)?|overheat(?:ing)?|cool(?:ing)?|"
+                r"heat(?:ing)?|drain(?:ing|s)?|leak(?:ing|s)?|receiving|sending|ringing|"
+                r"log(?:ging)? ?in|sign(?:ing)? ?in|go(?:ing)? through)\b",
+            ),
+            _g(
+                "is went goes seems keeps",
+                r"\b(?:internet|wifi|wi-fi|connection|speed|computer|"
+                r"laptop|phone|tv|screen|printer|router|modem|app|website|site|server|power|network|"
+                r"car|engine|heater|furnace|ac|fridge|washer|dryer|dishwasher|battery|signal) "
+                r"(?:is|went|goes|keeps going|seems|keeps) (?:\w+ )?(?:slow|down|out|dead|offline|"
+                r"off|frozen|blank|black|broken|not|flickering|beeping|making)\b",
+            ),
+            _g(
+                "still",
+                r"\bstill (?:not|doesn't|isn't|won't|can't|broken|stuck|the same|"
+                r"happening|getting|showing|dropping|slow|flashing|blinking)\b",
+            ),
+            _g(
+                "broken broke stuck frozen",
+                r"\b(?:broken|broke|stuck|frozen)\b.*\b(?:after|"
+                r"since|when|even though|every time)\b",
+            ),
+        ),
+    ),
+    "comparison": OpenIntent(
+        phrases=_p("""
+            compare
+            comparing
+            comparison
+            versus
+            vs
+            difference between
+            differences between
+            pros and cons
+            trade off
+            trade offs
+            tradeoff
+            tradeoffs
+            trade-off
+            trade-offs
+            advantages and disadvantages
+            better deal
+            better option
+            better choice
+            better value
+            better plan
+            better investment
+            worth it
+            worth upgrading
+            worth switching
+            worth the extra
+            worth the money
+            or would it be
+            or should i
+            or is it better
+            is it better to
+            would it be better
+            which is better
+            which one is better
+            which is cheaper
+            which one is cheaper
+            which would be better
+            which makes more sense
+            makes more sense
+            which one should i
+            should i go with
+            should i choose
+            should i pick
+            should i switch
+            should i buy
+            should i lease
+            should i refinance
+            should i upgrade
+            should i keep
+            should i wait
+            more cost effective
+            cheaper in the long run
+        """),
+    ),
+    "planning": OpenIntent(
+        phrases=_p("""
+            plan a
+            plan my
+            plan the
+            plan out
+            plan our
+            itinerary
+            step by step
+            steps to
+            steps for
+            strategy
+            roadmap
+            optimize
+            optimise
+            prioritize
+            prioritise
+            help me plan
+            help me figure out
+            help me decide
+            help me organize
+            help me organise
+            help me work out
+            help me budget
+            help me choose
+            help me structure
+            help me prepare
+            how should i structure
+            how should i organize
+            how should i plan
+            how should i approach
+            how should i split
+            how should i schedule
+            how should i budget
+            how should i prioritize
+            how should i handle
+            schedule around
+            within my budget
+            within a budget
+            on a budget
+            meal plan
+            workout plan
+            study plan
+            training plan
+            timeline
+        """),
+    ),
+    "analysis": OpenIntent(
+        phrases=_p("""
+            explain why
+            explain how
+            explain the difference
+            in detail
+            what would happen if
+            what happens if
+            what if
+            analyze
+            analyse
+            analysis
+            evaluate
+            implications
+            implication
+            consequences
+            prove
+            proof
+            logic puzzle
+            puzzle
+            riddle
+            deduce
+            infer
+            justify
+            assess
+            reason through
+            reasoning behind
+            critique
+            hypothesis
+            am i eligible
+            am i liable
+            am i entitled
+            is it legal
+            is it safe to
+            tax implications
+            tax deduction
+            tax bracket
+            drug interaction
+            interact with
+            think through
+            walk me through
+            break it down
+            break this down
+            in depth
+            detailed explanation
+        """),
+        gated=(
+            _g(
+                "why",
+                r"\bwhy (?:does|do|is|are|did|would|was|were|can't|won't|doesn't|isn't|am|"
+                r"has|have|should)\b(?: [\w']+){5,}",
+            ),
+        ),
+    ),
+    "faq": OpenIntent(
+        phrases=_p("""
+            what time
+            hours
+            open today
+            open tomorrow
+            open on
+            open late
+            open now
+            are you open
+            are you closed
+            when do you open
+            when do you close
+            when does
+            located
+            location
+            address
+            phone number
+            parking
+            wifi password
+            do you deliver
+            do you take
+            do you accept
+            do you have
+            do you offer
+            do you ship
+            do you sell
+            do you carry
+            do you allow
+            do you serve
+            do you provide
+            do you support
+            do you do
+            how much is
+            how much are
+            how much does
+            how much do
+            how much for
+            what's the price
+            what is the price
+            what's the cost
+            what is the cost
+            what's the fee
+            what is the fee
+            what are the fees
+            what's the rate
+            what's the deposit
+            what's the minimum
+            what's the limit
+            what's the deadline
+            what's the wait time
+            what's the policy
+            what's your policy
+            what's my balance
+            my balance
+            due date
+            account number
+            order number
+            confirmation number
+            tracking number
+            credit limit
+            when is my
+            status of my
+            where is my
+            track my
+            is my order
+            is my package
+            is my payment
+            is my refund
+            capital of
+            who is
+            who was
+            who wrote
+            who invented
+            who painted
+            who discovered
+            what day is
+            what's the date
+            the weather
+            how long does
+            how long will
+            do i need
+            can i walk in
+            walk in
+            walk ins
+            what floor
+            what gate
+            which gate
+            what terminal
+            which terminal
+            menu
+            specials
+            vegan options
+            gluten free
+            dress code
+            check in time
+            check out time
+            checkout time
+            pet friendly
+            pets allowed
+            how many points
+            is there a
+            are there any
+            what's your
+            what is your
+            what are your
+        """),
+    ),
+    "follow_up": OpenIntent(
+        phrases=_p("""
+            that
+            it
+            this
+            those
+            them
+            these
+            the other
+            the first
+            the second
+            the third
+            the last
+            option
+            one
+            why
+            how come
+            what about
+            how about
+            what if
+            instead
+            same
+            then
+            next
+            else
+            more
+            further
+            also
+            too
+            again
+            go ahead
+            do that
+            try
+            continue
+            and
+            or
+            but
+            still
+            didn't
+            doesn't
+            did not
+            does not
+            work
+            worked
+            explain
+            elaborate
+            go on
+            keep going
+        """),
+    ),
+}
+
+CLOSING_INTENTS = ("thanks", "farewell")
+
+BUILTIN_INTENTS = frozenset(CLOSED_INTENTS) | frozenset(OPEN_INTENTS)

@@ -47,7 +47,7 @@ def _policy(path: Path | None) -> Policy:
     try:
         return load_policy(source)
     except PolicyError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False)
+        sys.stderr.write(f"{exc}\n")
         raise typer.Exit(Exit.FAILED) from None
 
 
@@ -58,8 +58,8 @@ def policy_check(file: Annotated[Path, typer.Argument(help="policy YAML file")])
         policy = load_policy(file)
     except PolicyError as exc:
         for p in exc.problems:
-            err.print(f"{file}: {p}", highlight=False, markup=False)
-        err.print(f"[red]{len(exc.problems)} problem(s) in {file}[/red]")
+            sys.stderr.write(f"{exc.source}: {p}\n")
+        sys.stderr.write(f"{len(exc.problems)} problem(s) in {exc.source}\n")
         raise typer.Exit(Exit.FAILED) from None
     table = Table(title=f"{file} (version {policy.version}, prices as of {policy.prices_as_of})")
     for col in ("tier", "queue", "chain", "primary price in/out per 1M", "max out", "hedge ms"):
@@ -171,7 +171,7 @@ def eval_cmd(
         examples = list(read_examples(dataset))
         report = evaluate(policy, examples)
     except (DatasetError, OSError) as exc:
-        err.print(f"{dataset}: {exc}", markup=False)
+        sys.stderr.write(f"{dataset}: {exc}\n")
         raise typer.Exit(Exit.FAILED) from None
     summary = report.as_dict()
     if as_json:
@@ -199,10 +199,8 @@ def eval_cmd(
             f"${summary['baseline_cost_usd']} (saves {summary['savings_pct']}%)"
         )
     for ex, d in report.mistakes[:mistakes]:
-        err.print(
-            f"{ex.id}: expected {ex.expected_tier} got {d.tier} ({d.rule}): {ex.text[:150]!r}",
-            markup=False,
-            highlight=False,
+        sys.stderr.write(
+            f"{ex.id}: expected {ex.expected_tier} got {d.tier} ({d.rule}): {ex.text[:150]!r}\n"
         )
     if plot is not None:
         plot_report(report, plot)

@@ -110,6 +110,8 @@ class IntentRule(_Rule):
     also_allow: list[str] = []
     max_words: PositiveInt | None = None
     min_words: NonNegativeInt | None = None
+    #: only when the history plus the turn is at least this long (tokens)
+    min_conversation_tokens: NonNegativeInt | None = None
 
 
 class KeywordRule(_Rule):

@@ -242,6 +242,13 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "thank you kindly",
     ],
     "repeat": [
+        "slower",
+        "a bit slower",
+        "more slowly",
+        "louder",
+        "a little louder",
+        "say that again slower",
+        "one more time please",
         "repeat",
         "repeat that",
         "can you repeat that",
@@ -322,6 +329,12 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "cancel please",
     ],
     "agent": [
+        "talk to a machine",
+        "i don't want to talk to a machine",
+        "get me a real person",
+        "real person",
+        "a live person",
+        "no more robots",
         "agent",
         "talk to a real person",
         "speak to a real person",
@@ -361,6 +374,11 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "put me through to someone",
     ],
     "smalltalk": [
+        "you sound so real",
+        "you sound real",
+        "you sound human",
+        "is it raining where you are",
+        "nice to meet you",
         "how's your day",
         "how is your day",
         "how's your day going",
@@ -494,6 +512,12 @@ _NEG = (
 OPEN_INTENTS: dict[str, OpenIntent] = {
     "summarize": OpenIntent(
         phrases=_p("""
+            what's the summary
+            what is the summary
+            short version
+            shorter version
+            the cliff notes
+            cliffnotes
             summarize
             summarise
             summarized
@@ -661,6 +685,52 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "math": OpenIntent(
         phrases=_p("""
+            combinations
+            permutations
+            how many different
+            in how many
+            minimum number of
+            maximum number of
+            the ratio
+            remainder
+            average speed
+            miles per hour
+            mph
+            km h
+            simple interest
+            annual interest
+            monthly payment
+            break even
+            break-even
+            tip on
+            leave a tip
+            percent tip
+            split the bill
+            convert
+            what do i pay
+            what would i pay
+            what will i pay
+            show me the math
+            show your work
+            the math
+            add up to
+            adds up to
+            how much did she
+            how much did he
+            how much did they
+            how much does each
+            how much will each
+            how much should each
+            what is the least
+            what's the least
+            what is the most
+            what's the most
+            at what time
+            how many more
+            how many fewer
+            how much more
+            how much less
+            how much change
             calculate
             compute
             solve for
@@ -706,14 +776,62 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             _g(
                 NUM,
                 r"\b(?:if|then|each|every|per|twice|half|total|altogether|remaining|left)\b"
-                r".*\b(?:how (?:much|many|long|far|old)|what (?:is|was) the (?:total|average|"
+                r".*\b(?:how (?:much|many|long|far|old)|what(?:'s| is|was) the (?:total|average|"
                 r"difference|sum|cost|price))\b",
                 min_numbers=2,
             ),
+            _g("percent percentage %", r"\b(?:percent|percentage)\b|%", min_numbers=2),
+            # many quantities and a "how much": a word problem, even without relation words
+            _g("how what's whats what", r"\b(?:how (?:much|many)|what(?:'s| is) the total)\b",
+               min_numbers=5),
         ),
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            i restarted
+            we restarted
+            i rebooted
+            we rebooted
+            i updated
+            we updated
+            i cleared
+            we cleared
+            i reinstalled
+            i unplugged
+            i checked
+            we checked
+            i replaced
+            only happens
+            only when i'm
+            it's still doing
+            still doing it
+            calls drop
+            shows delivered
+            stays cold
+            blowing warm
+            popping noise
+            popping noises
+            grinding noise
+            weird noise
+            strange noise
+            clicking noise
+            what could be going
+            what could it be
+            what could be causing
+            what's causing
+            what is causing
+            likely causes
+            what else could
+            keeps asking
+            keeps logging
+            keeps declining
+            keeps saying
+            keeps showing
+            keeps beeping
+            keeps failing
+            keeps timing out
+            in a loop
+            times out
             error code
             error message
             troubleshoot
@@ -787,7 +905,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             not working
             stopped working
             isn't working
-            doesn't work
             won't turn on
             won't start
             won't connect
@@ -803,7 +920,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
                 _NEG,
                 r"\b(?:not|isn't|isnt|doesn't|doesnt|won't|wont|can't|cant|cannot|couldn't|"
                 r"stopped|stops|keeps?|kept|failed to|fails to|unable to|refuses to|never)"
-                r"(?: \w+){0,2} (?:work(?:ing|s)?|connect(?:ing|s)?|turn(?:ing)? on|power(?:ing)? on|"
+                r"(?: \w+){0,2} (?:work(?:ing|s)?(?! for (?:me|us)| anymore| then)|connect(?:ing|s)?|turn(?:ing)? on|power(?:ing)? on|"
                 r"charg(?:e|ing)|load(?:ing)?|boot(?:ing)?|start(?:ing)?|sync(?:ing)?|print(?:ing)?|"
                 r"respond(?:ing)?|pair(?:ing)?|updat(?:e|ing)|install(?:ing)?|drop(?:ping|s)?|"
                 r"crash(?:ing|es)?|freez(?:e|ing|es)|disconnect(?:ing|s)?|reboot(?:ing|s)?|"
@@ -832,14 +949,17 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         ),
     ),
     "comparison": OpenIntent(
+        gated=(
+            _g("should better cheaper which smarter whats what's", r"\b(?:should (?:i|we)|is it "
+               r"(?:cheaper|better|smarter|faster|safer)|whats better|what's better|which is|"
+               r"which one is|which would be|would it be (?:cheaper|better))\b.*\bor\b"),
+        ),
         phrases=_p("""
             compare
             comparing
             comparison
             versus
             vs
-            difference between
-            differences between
             pros and cons
             trade off
             trade offs
@@ -935,12 +1055,49 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            essay
+            in your opinion
+            argue for
+            argue against
+            why do you think
+            what caused
+            root cause
+            which of the following
+            which statement
+            most likely
+            best explains
+            evaluate the
+            compare and contrast
+            critically
+            derive
+            optimal
+            counterexample
+            is that allowed
+            am i owed
+            is that legal
+            does it matter
+            what are my options
+            how should i think
+            how do i figure out
+            how do we split
+            split it fairly
+            what should i do
+            which metrics
+            possible orders
+            how would you
+            what would you recommend given
+            given that
+            trade off
+            interactions
+            eligible
+            liable
+            entitled
+            compensation
+            should i worry
             explain why
             explain how
-            explain the difference
             in detail
             what would happen if
-            what happens if
             what if
             analyze
             analyse
@@ -989,6 +1146,61 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            what year
+            how tall
+            how far is
+            how old is
+            when did
+            which country
+            what country
+            what language
+            largest
+            smallest
+            tallest
+            longest
+            highest
+            stand for
+            chemical symbol
+            boiling point
+            freezing point
+            how many legs
+            how many players
+            who played
+            who sang
+            who directed
+            who founded
+            who discovered
+            who painted
+            what color
+            what colour
+            what currency
+            capital city
+            is it open
+            are they open
+            what time is
+            what is the name
+            what's the name
+            how do you spell
+            how do i get to
+            directions to
+            does the hotel have
+            does it have
+            do they have
+            what's my
+            what is my
+            is my flight
+            is my prescription
+            prescription ready
+            on time
+            how many ounces
+            how many days
+            how many feet
+            how many inches
+            how many cups
+            how many grams
+            how many minutes
+            how many hours
+            how many weeks
             what time
             hours
             open today
@@ -1094,6 +1306,95 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             what is your
             what are your
         """),
+    ),
+    "recall": OpenIntent(
+        phrases=_p("""
+            the document
+            the report
+            the text above
+            the passage
+            the story
+            the meeting
+            the email
+            the thread
+            the author
+            the article say
+            mentioned
+            you told me
+            i told you
+            we talked about
+            we discussed
+            we agreed
+            we said
+            what was the
+            what were the
+            who was the
+            when did i
+            did you say
+            did we
+            from before
+            from earlier
+            the part about
+            that part
+            what did you say
+            what was that
+            what did we
+            you said earlier
+            you said before
+            you mentioned
+            earlier
+            at the start
+            at the beginning
+            the first thing i asked
+            did i say
+            i gave you
+            you gave me
+            go back over
+            going back to
+            remind me
+            again
+            so far
+            everything i need to remember
+            final plan
+            list every
+            list all
+            all the things
+            still pending
+            still waiting
+            we set up
+            the things we
+            what does it say
+            according to
+            in the document
+            the article
+            the contract
+            the lease
+            the transcript
+            this call
+            based on that
+            based on this
+            above
+            which of those
+            which ones
+            all of it
+            everyone
+            everybody's
+        """),
+    ),
+    "multiple_choice": OpenIntent(
+        gated=(
+            _g(CODE_CHARS + " a b c d", r"(?:^|\s|\()[a-d][).:](?:\s|$)(?:.|\n)*?(?:^|\s|\()[b-d][).:]\s",
+               raw=True),
+        ),
+    ),
+    "spelled_out": OpenIntent(
+        gated=(
+            _g(NUM, r"^(?:(?:it's|its|it is|my|the|number|is|account|phone|zip|code|pin|and|"
+               r"dash|point)\s)*(?:(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|"
+               r"ten|double|triple|\d+)(?:\s|$)){3,}"),
+            _g("a b c d e f g h i j k l m n o p q r s t u v w x y z",
+               r"(?:\b[a-z]\b\s?){3,}"),
+        ),
     ),
     "follow_up": OpenIntent(
         phrases=_p("""

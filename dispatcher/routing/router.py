@@ -99,6 +99,14 @@ class Router:
         self._open = PhraseIndex((p, k) for k, v in open_phrases.items() for p in v)
         self._follow_up = PhraseIndex((p, "follow_up") for p in follow_up)
         self._chains = {t: policy.chain(t) for t in policy.tiers}
+        self._windows = {m: spec.context_window for m, spec in policy.models.items()}
+        self._min_window = {
+            t: min(self._windows[m] for m in chain) for t, chain in self._chains.items()
+        }
+        self._max_out = {t: spec.max_output_tokens for t, spec in policy.tiers.items()}
+        self._widest_tier = max(
+            policy.tiers, key=lambda t: max(self._windows[m] for m in self._chains[t])
+        )
         self._gated = {
             k: tuple(
                 _GatedRe(g.triggers, re.compile(g.pattern, re.M), g.min_numbers, g.raw) for g in v
@@ -164,6 +172,11 @@ class Router:
                 return None
             if rule.min_words is not None and f.words < rule.min_words:
                 return None
+            if (
+                rule.min_conversation_tokens is not None
+                and f.conversation_tokens < rule.min_conversation_tokens
+            ):
+                return None
             if rule.whole:
                 return rule.tier if turn.is_whole(rule.intents, rule.also_allow) else None
             return rule.tier if any(turn.has_intent(i) for i in rule.intents) else None
@@ -201,13 +214,20 @@ class Router:
     def _decide(self, tier: str, rule: str, confidence: float, turn: _Turn) -> Decision:
         feats: dict[str, Any] = turn.features.as_dict()
         feats["intents"] = sorted(k for k, v in turn.intents.items() if v)
-        return Decision(
-            tier=tier,
-            chain=self._chains[tier],
-            rule=rule,
-            confidence=confidence,
-            features=feats,
-        )
+        chain = self._chains[tier]
+        # The conversation must fit the window: drop the models it would not fit, and when
+        # none is left take the tier whose models have the largest window.
+        need = turn.features.conversation_tokens + self._max_out[tier]
+        if need > self._min_window[tier]:
+            fitting = tuple(m for m in chain if self._windows[m] >= need)
+            if fitting:
+                chain = fitting
+            else:
+                tier = self._widest_tier
+                chain = self._chains[tier]
+                rule = f"{rule}+context-fit"
+        return Decision(tier=tier, chain=chain, rule=rule, confidence=confidence,
+                        features=feats)
 
 
 def _features_match(rule: FeatureRule, turn: _Turn) -> bool:

@@ -7,6 +7,8 @@ Everything here is a single pass over the tokens: routing must take microseconds
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ _FILLERS = frozenset(
     for b in ("h", "hh", "hhh", "m", "mm", "mmm", "r", "rm")
 ) | {"uhm", "uhmm", "mm", "mmm", "hm", "hmm", "hmmm", "erm", "ehm"}
 _STRIP = ".-'"
+_ACK = re.compile(r"\b(?:mm+|uh+|um+)[\s-]*(?:hm+|huh)\b")
 
 _QUESTION_START = frozenset(
     [
@@ -119,7 +122,10 @@ _CLAUSE_PUNCT = (",", ";", ":", "!", "?")
 def tokens(text: str) -> tuple[str, ...]:
     """Lower-case word tokens with fillers and edge punctuation removed."""
     out = []
-    for tok in text.lower().translate(_SEPARATORS).split():
+    low = text.lower()
+    if "hm" in low or "huh" in low:
+        low = _ACK.sub("mhm", low)  # "mm hmm" and "uh huh" are a yes, not two fillers
+    for tok in low.translate(_SEPARATORS).split():
         tok = tok.strip(_STRIP)
         if not tok:
             continue
@@ -188,7 +194,7 @@ def features(raw: str, toks: tuple[str, ...], messages: Iterable[Mapping[str, An
         if prev_is_boundary and tok in _QUESTION_START:
             questions += 1
         prev_is_boundary = False
-        if tok in _NUMBER_WORDS or tok[0].isdigit():
+        if tok in _NUMBER_WORDS or tok[0].isdigit() or (tok[0] == "$" and tok[1:2].isdigit()):
             numbers += 1
     punct = sum(raw.count(c) for c in _CLAUSE_PUNCT) + raw.count(". ")
     chars = len(raw)

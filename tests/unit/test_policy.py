@@ -90,7 +90,7 @@ def test_cost_is_exact(usage: Usage, expected: Decimal) -> None:
                                       "patterns": ["(unclosed"]}),
          "bad regular expression '(unclosed'"),
         (lambda d: d["rules"].append({"name": "x", "kind": "telepathy", "tier": "fast"}),
-         "rules[19]: input tag 'telepathy'"),
+         "input tag 'telepathy'"),
         (lambda d: d["tiers"]["fast"].update(modles=["gpt-4o"]),
          "tiers.fast.modles: unknown key"),
         (lambda d: d["models"]["gpt-4o"].pop("context_window"),

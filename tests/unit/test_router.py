@@ -132,9 +132,36 @@ def test_session_hysteresis(router: Router, text: str, session, tier: str, rule:
 def test_conversation_length_rule(router: Router) -> None:
     history = [{"role": "user", "content": "word " * 20000},
                {"role": "assistant", "content": "ok"}]
-    decision = router.route("what did i say about the second invoice", history)
+    decision = router.route("tell me about the second invoice", history)
     assert (decision.tier, decision.rule) == ("long_context", "long-conversation")
-    assert decision.features["conversation_tokens"] >= 24000
+    assert decision.features["conversation_tokens"] >= 8000
+
+
+def test_recall_in_a_long_call_needs_the_history(router: Router) -> None:
+    history = [{"role": "user" if i % 2 else "assistant", "content": "some detail " * 40}
+               for i in range(20)]
+    decision = router.route("what did you say the case number was", history)
+    assert (decision.tier, decision.rule) == ("long_context", "recall-long-history")
+    # the same question in a short call is an ordinary lookup
+    assert router.route("what did you say the case number was").tier != "long_context"
+
+
+def test_yes_after_a_long_call_stays_fast(router: Router) -> None:
+    history = [{"role": "user", "content": "word " * 40000}]
+    assert router.route("yes", history).tier == "fast"
+
+
+def test_a_conversation_too_big_for_the_tier_moves_to_a_wider_model(router: Router) -> None:
+    # 150k tokens fit neither fast model (128k/131k windows) but do fit long_context
+    history = [{"role": "user", "content": "x" * 600_000}]
+    decision = router.route("yes", history)
+    assert decision.tier == "long_context"
+    assert decision.rule == "short-social+context-fit"
+    # 140k tokens: the reasoning chain keeps only the 200k-window Claude models
+    history = [{"role": "user", "content": "x" * 540_000}]
+    decision = router.route("write a python function to parse this log", history)
+    assert decision.tier == "reasoning"
+    assert decision.chain == ("claude-3-5-sonnet-20241022", "claude-3-opus-20240229")
 
 
 def test_history_as_content_parts_is_counted(router: Router) -> None:

@@ -235,6 +235,24 @@ def bench_route(
     out.print(table)
 
 
+@app.command()
+def sim(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8900,
+    ttft_ms: Annotated[int, typer.Option("--ttft-ms", help="default time to first token")] = 50,
+    itl_ms: Annotated[int, typer.Option("--itl-ms", help="default time between tokens")] = 10,
+    tokens: Annotated[int, typer.Option("--tokens", help="default answer length")] = 20,
+    log_level: Annotated[str, typer.Option("--log-level")] = "warning",
+) -> None:
+    """Run the provider simulator: OpenAI, Anthropic and Gemini wire formats on one port."""
+    from dispatcher.sim import SimDefaults
+    from dispatcher.sim.server import run
+
+    out.print(f"provider simulator on http://{host}:{port} "
+              f"(ttft {ttft_ms} ms, itl {itl_ms} ms, {tokens} tokens)")
+    run(host, port, SimDefaults(ttft_ms=ttft_ms, itl_ms=itl_ms, tokens=tokens), log_level)
+
+
 def main() -> None:
     app()
 

@@ -26,7 +26,7 @@ VOCABULARY: tuple[str, ...] = (
     "plan", "change", "new", "price", "store", "open", "available", "latest",
     "status", "message", "reply", "ticket", "refund", "tomorrow", "morning", "option",
     "simple", "quick", "note", "all", "set", "sure", "agent", "line",
-)
+)  # fmt: skip
 
 #: The shortest and longest sentence, in tokens.
 SENTENCE_MIN, SENTENCE_MAX = 6, 10

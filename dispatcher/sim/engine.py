@@ -123,6 +123,11 @@ def stream_writer(
                         await send(_chunk(event))
                     stats.output_tokens += pending
                     pending = 0
+            if n == 0:
+                # An answer without tokens (a content filter) still takes its ttft.
+                delay = start + ttft_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             if fault.kind == "cut_after":
                 record.finish("failed")
                 raise StreamCut(f"cut after {stop} tokens")
@@ -172,8 +177,13 @@ def complete_writer(
                 await error.send_to(send)
                 record.finish("failed")
                 return
-            await send({"type": "http.response.start", "status": reply.status_code,
-                        "headers": reply.raw_headers})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status_code,
+                    "headers": reply.raw_headers,
+                }
+            )
             record.add_input(input_tokens)
             if fault.kind == "cut_after":
                 await send(_chunk(reply.body[: len(reply.body) // 2]))

@@ -179,7 +179,9 @@ class SimState:
         def pick(name: str, default: Any) -> Any:
             return own.get(name, star.get(name, default))
 
-        return Latency(pick("ttft_ms", d.ttft_ms), pick("itl_ms", d.itl_ms), pick("tokens", d.tokens))
+        return Latency(
+            pick("ttft_ms", d.ttft_ms), pick("itl_ms", d.itl_ms), pick("tokens", d.tokens)
+        )
 
     def begin(self, model: str) -> CallRecord:
         """Start counting one call to ``model``."""

@@ -1,0 +1,1 @@
+"""One module per provider wire format, each a :class:`dispatcher.sim.wire.ProviderFormat`."""

@@ -47,8 +47,13 @@ _PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 
 def _reply(status: int, error_type: str, message: str, extra: Headers | None = None) -> Reply:
     request_id = "req_011" + random_id(21)
-    body = orjson.dumps({"type": "error", "error": {"type": error_type, "message": message},
-                         "request_id": request_id})
+    body = orjson.dumps(
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": request_id,
+        }
+    )
     return Reply(status, body, [(b"request-id", request_id.encode()), *(extra or [])])
 
 
@@ -99,8 +104,12 @@ def _tools(body: dict[str, Any]) -> ParsedTools:
 
 
 def _usage(call: SimCall, output_tokens: int) -> dict[str, Any]:
-    return {"input_tokens": call.input_tokens, "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0, "output_tokens": output_tokens}
+    return {
+        "input_tokens": call.input_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": output_tokens,
+    }
 
 
 class AnthropicFormat:
@@ -156,45 +165,86 @@ class AnthropicFormat:
             tool=_tools(body).pick() if last_is_user else None,
         )
 
-    def _message(self, call: SimCall, message_id: str, content: list[Any], stop: str | None,
-                 output_tokens: int) -> dict[str, Any]:
+    def _message(
+        self,
+        call: SimCall,
+        message_id: str,
+        content: list[Any],
+        stop: str | None,
+        output_tokens: int,
+    ) -> dict[str, Any]:
         usage = {**_usage(call, output_tokens), "service_tier": "standard"}
-        return {"id": message_id, "type": "message", "role": "assistant", "model": call.model,
-                "content": content, "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        return {
+            "id": message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": call.model,
+            "content": content,
+            "stop_reason": stop,
+            "stop_sequence": None,
+            "usage": usage,
+        }
 
     def script(self, call: SimCall, answer: Answer) -> Script:
         """Render the event sequence described in the module docstring."""
         message = self._message(call, "msg_01" + random_id(22), [], None, 1)
         head = [_event("message_start", {"type": "message_start", "message": message})]
         if answer.tool is not None:
-            block = {"type": "tool_use", "id": "toolu_01" + answer.tool_id[:22],
-                     "name": answer.tool.name, "input": {}}
+            block = {
+                "type": "tool_use",
+                "id": "toolu_01" + answer.tool_id[:22],
+                "name": answer.tool.name,
+                "input": {},
+            }
             delta = {"type": "input_json_delta", "partial_json": HOLE}
         else:
             block = {"type": "text", "text": ""}
             delta = {"type": "text_delta", "text": HOLE}
         has_block = answer.finish != "content_filter"
         if has_block:
-            head.append(_event("content_block_start", {"type": "content_block_start",
-                                                       "index": 0, "content_block": block}))
+            head.append(
+                _event(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": block},
+                )
+            )
         head.append(_PING)
         if answer.tool is not None:
             # The real API opens every tool input with an empty fragment.
-            head.append(_event("content_block_delta", {"type": "content_block_delta", "index": 0,
-                               "delta": {"type": "input_json_delta", "partial_json": ""}}))
-        token = Template(b"event: content_block_delta\ndata: ",
-                         {"type": "content_block_delta", "index": 0, "delta": delta}, b"\n\n")
-        units = [(token.fill(u),) for u in answer.units]
+            head.append(
+                _event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "input_json_delta", "partial_json": ""},
+                    },
+                )
+            )
+        token = Template(
+            b"event: content_block_delta\ndata: ",
+            {"type": "content_block_delta", "index": 0, "delta": delta},
+            b"\n\n",
+        )
+        units: list[tuple[bytes, ...]] = [(token.fill(u),) for u in answer.units]
         tail = [_event("content_block_stop", {"type": "content_block_stop", "index": 0})]
         if not has_block:
             tail = []
-        tail.append(_event("message_delta", {
-            "type": "message_delta",
-            "delta": {"stop_reason": STOP_REASONS[answer.finish], "stop_sequence": None},
-            "usage": _usage(call, len(answer.units))}))
+        tail.append(
+            _event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": STOP_REASONS[answer.finish], "stop_sequence": None},
+                    "usage": _usage(call, len(answer.units)),
+                },
+            )
+        )
         tail.append(_event("message_stop", {"type": "message_stop"}))
-        error = _event("error", {"type": "error",
-                                 "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        error = _event(
+            "error",
+            {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        )
         headers: Headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -210,13 +260,22 @@ class AnthropicFormat:
                 tool_input = orjson.loads(answer.arguments)
             except orjson.JSONDecodeError:
                 tool_input = {}  # capped by max_tokens in the middle of the JSON
-            content.append({"type": "tool_use", "id": "toolu_01" + answer.tool_id[:22],
-                            "name": answer.tool.name, "input": tool_input})
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01" + answer.tool_id[:22],
+                    "name": answer.tool.name,
+                    "input": tool_input,
+                }
+            )
         elif answer.finish != "content_filter":
             content.append({"type": "text", "text": answer.text})
-        doc = self._message(call, "msg_01" + random_id(22), content,
-                            STOP_REASONS[answer.finish], len(answer.units))
-        return Reply(200, orjson.dumps(doc), [(b"request-id", ("req_011" + random_id(21)).encode())])
+        doc = self._message(
+            call, "msg_01" + random_id(22), content, STOP_REASONS[answer.finish], len(answer.units)
+        )
+        return Reply(
+            200, orjson.dumps(doc), [(b"request-id", ("req_011" + random_id(21)).encode())]
+        )
 
     def error(self, kind: ErrorKind, call: SimCall, fault: Fault) -> Reply:
         """Render 429 (retry-after, anthropic-ratelimit-*), 500, 503, 529 or prompt too long."""
@@ -225,25 +284,37 @@ class AnthropicFormat:
             reset = (datetime.now(UTC) + timedelta(seconds=wait)).isoformat(timespec="seconds")
             reset = reset.replace("+00:00", "Z")
             headers: Headers = [(b"retry-after", str(math.ceil(wait)).encode())]
-            for limit, size in (("requests", b"50"), ("tokens", b"100000"),
-                                ("input-tokens", b"80000"), ("output-tokens", b"20000")):
+            for limit, size in (
+                ("requests", b"50"),
+                ("tokens", b"100000"),
+                ("input-tokens", b"80000"),
+                ("output-tokens", b"20000"),
+            ):
                 prefix = f"anthropic-ratelimit-{limit}-".encode()
-                headers += [(prefix + b"limit", size),
-                            (prefix + b"remaining", b"0" if limit == "requests" else size),
-                            (prefix + b"reset", reset.encode())]
-            return _reply(429, "rate_limit_error",
-                          "This request would exceed the rate limit for your organization of 50 "
-                          "requests per minute. For details, refer to: "
-                          "https://docs.claude.com/en/api/rate-limits. You can see the response "
-                          "headers for current usage. Please reduce the prompt length or the "
-                          "maximum tokens requested, or try again later.", headers)
+                headers += [
+                    (prefix + b"limit", size),
+                    (prefix + b"remaining", b"0" if limit == "requests" else size),
+                    (prefix + b"reset", reset.encode()),
+                ]
+            return _reply(
+                429,
+                "rate_limit_error",
+                "This request would exceed the rate limit for your organization of 50 "
+                "requests per minute. For details, refer to: "
+                "https://docs.claude.com/en/api/rate-limits. You can see the response "
+                "headers for current usage. Please reduce the prompt length or the "
+                "maximum tokens requested, or try again later.",
+                headers,
+            )
         if kind == "context_too_long":
             total = CONTEXT_WINDOW + call.input_tokens
-            return _reply(400, "invalid_request_error",
-                          f"prompt is too long: {total} tokens > {CONTEXT_WINDOW} maximum")
+            return _reply(
+                400,
+                "invalid_request_error",
+                f"prompt is too long: {total} tokens > {CONTEXT_WINDOW} maximum",
+            )
         if kind == "unavailable":
             return _reply(503, "overloaded_error", "Overloaded")
         if kind == "overloaded":
             return _reply(529, "overloaded_error", "Overloaded")
         return _reply(500, "api_error", "Internal server error")
-

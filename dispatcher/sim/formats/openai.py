@@ -42,9 +42,12 @@ _DONE = b"data: [DONE]\n\n"
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
 
 
-def _error_body(message: str, type_: str, *, param: str | None = None,
-                code: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+def _error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
 
 
 def _reply(status: int, body: bytes, extra: Headers | None = None) -> Reply:
@@ -53,8 +56,9 @@ def _reply(status: int, body: bytes, extra: Headers | None = None) -> Reply:
 
 
 def _bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(_reply(400, _error_body(message, "invalid_request_error", param=param,
-                                            code=code)))
+    return ApiError(
+        _reply(400, _error_body(message, "invalid_request_error", param=param, code=code))
+    )
 
 
 def _mask(key: str) -> str:
@@ -66,8 +70,9 @@ def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [p["text"] for p in content
-                if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return [
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        ]
     return []
 
 
@@ -78,12 +83,18 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             kind = type(value).__name__
-            raise _bad_request(f"Invalid type for '{name}': expected an integer, but got a "
-                               f"{kind} instead.", param=name, code="invalid_type")
+            raise _bad_request(
+                f"Invalid type for '{name}': expected an integer, but got a {kind} instead.",
+                param=name,
+                code="invalid_type",
+            )
         if value < 1:
-            raise _bad_request(f"Invalid '{name}': integer below minimum value. Expected a value "
-                               f">= 1, but got {value} instead.", param=name,
-                               code="integer_below_min_value")
+            raise _bad_request(
+                f"Invalid '{name}': integer below minimum value. Expected a value "
+                f">= 1, but got {value} instead.",
+                param=name,
+                code="integer_below_min_value",
+            )
         return value
     return None
 
@@ -100,8 +111,10 @@ def _tools(body: dict[str, Any]) -> ParsedTools:
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         parsed.forced = choice["function"].get("name")
         if parsed.tools and parsed.pick() is None:
-            raise _bad_request(f"Tool choice '{parsed.forced}' not found in 'tools' parameter.",
-                               param="tool_choice")
+            raise _bad_request(
+                f"Tool choice '{parsed.forced}' not found in 'tools' parameter.",
+                param="tool_choice",
+            )
     return parsed
 
 
@@ -115,40 +128,57 @@ class OpenAIFormat:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
-            return _reply(401, _error_body(
-                "You didn't provide an API key. You need to provide your API key in an "
-                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), "
-                "or as the password field (with blank username) if you're accessing the API "
-                "from your browser and are prompted for a username and password. You can "
-                "obtain an API key from https://platform.openai.com/account/api-keys.",
-                "invalid_request_error"))
+            return _reply(
+                401,
+                _error_body(
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), "
+                    "or as the password field (with blank username) if you're accessing the API "
+                    "from your browser and are prompted for a username and password. You can "
+                    "obtain an API key from https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                ),
+            )
         if key.startswith("bad"):
-            return _reply(401, _error_body(
-                f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.",
-                "invalid_request_error", code="invalid_api_key"))
+            return _reply(
+                401,
+                _error_body(
+                    f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.",
+                    "invalid_request_error",
+                    code="invalid_api_key",
+                ),
+            )
         return None
 
     def parse(self, request: Request, body: Any) -> SimCall:
         """Read model, messages, limits, stream options and tools."""
         if not isinstance(body, dict):
-            raise _bad_request("We could not parse the JSON body of your request. (HINT: This "
-                               "likely means you aren't using your HTTP library correctly.)")
+            raise _bad_request(
+                "We could not parse the JSON body of your request. (HINT: This "
+                "likely means you aren't using your HTTP library correctly.)"
+            )
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise _bad_request("you must provide a model parameter")
         messages = body.get("messages")
         if not isinstance(messages, list):
-            raise _bad_request("Missing required parameter: 'messages'.", param="messages",
-                               code="missing_required_parameter")
+            raise _bad_request(
+                "Missing required parameter: 'messages'.",
+                param="messages",
+                code="missing_required_parameter",
+            )
         if not messages:
             raise _bad_request("[] is too short - 'messages'", param="messages")
         pieces: list[str] = []
         prompt = ""
         for message in messages:
             if not isinstance(message, dict):
-                raise _bad_request("Invalid type for 'messages[0]': expected an object.",
-                                   param="messages", code="invalid_type")
+                raise _bad_request(
+                    "Invalid type for 'messages[0]': expected an object.",
+                    param="messages",
+                    code="invalid_type",
+                )
             texts = _texts(message.get("content"))
             pieces.extend(texts)
             for call in message.get("tool_calls") or []:
@@ -178,9 +208,12 @@ class OpenAIFormat:
             "completion_tokens": out,
             "total_tokens": call.input_tokens + out,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0,
-                                          "rejected_prediction_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
 
     def script(self, call: SimCall, answer: Answer) -> Script:
@@ -205,15 +238,32 @@ class OpenAIFormat:
             return json_event(b"data: ", doc, b"\n\n")
 
         if answer.tool is not None:
-            first = event(chunk({"role": "assistant", "content": None, "tool_calls": [
-                {"index": 0, "id": "call_" + answer.tool_id, "type": "function",
-                 "function": {"name": answer.tool.name, "arguments": ""}}], "refusal": None}))
-            token = Template(b"data: ", chunk({"tool_calls": [
-                {"index": 0, "function": {"arguments": HOLE}}]}), b"\n\n")
+            first = event(
+                chunk(
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_" + answer.tool_id,
+                                "type": "function",
+                                "function": {"name": answer.tool.name, "arguments": ""},
+                            }
+                        ],
+                        "refusal": None,
+                    }
+                )
+            )
+            token = Template(
+                b"data: ",
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": HOLE}}]}),
+                b"\n\n",
+            )
         else:
             first = event(chunk({"role": "assistant", "content": "", "refusal": None}))
             token = Template(b"data: ", chunk({"content": HOLE}), b"\n\n")
-        units = [(token.fill(u),) for u in answer.units]
+        units: list[tuple[bytes, ...]] = [(token.fill(u),) for u in answer.units]
         tail = [event(chunk({}, answer.finish))]
         if units:
             units[0] = (first, *units[0])
@@ -221,11 +271,20 @@ class OpenAIFormat:
             tail.insert(0, first)
         if call.include_usage:
             usage_extra = {k: v for k, v in extra.items() if k != "usage"}
-            tail.append(event({**base, "choices": [], "usage": self._usage(call, answer),
-                               **usage_extra}))
+            tail.append(
+                event({**base, "choices": [], "usage": self._usage(call, answer), **usage_extra})
+            )
         tail.append(_DONE)
-        error = event({"error": {"message": _SERVER_ERROR, "type": "server_error",
-                                 "param": None, "code": None}})
+        error = event(
+            {
+                "error": {
+                    "message": _SERVER_ERROR,
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
         headers: Headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -235,19 +294,28 @@ class OpenAIFormat:
 
     def body(self, call: SimCall, answer: Answer) -> Reply:
         """Render a ``chat.completion`` object with its usage."""
-        message: dict[str, Any] = {"role": "assistant", "content": answer.text or None,
-                                   "refusal": None, "annotations": []}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": answer.text or None,
+            "refusal": None,
+            "annotations": [],
+        }
         if answer.tool is not None:
-            message["tool_calls"] = [{"id": "call_" + answer.tool_id, "type": "function",
-                                      "function": {"name": answer.tool.name,
-                                                   "arguments": answer.arguments}}]
+            message["tool_calls"] = [
+                {
+                    "id": "call_" + answer.tool_id,
+                    "type": "function",
+                    "function": {"name": answer.tool.name, "arguments": answer.arguments},
+                }
+            ]
         doc = {
             "id": "chatcmpl-" + random_id(29),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": call.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": answer.finish}],
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": answer.finish}
+            ],
             "usage": self._usage(call, answer),
             "service_tier": "default",
             "system_fingerprint": FINGERPRINT,
@@ -258,10 +326,12 @@ class OpenAIFormat:
         """Render 429 (with Retry-After and x-ratelimit-*), 500, 503 or context length."""
         if kind == "rate_limited":
             wait = fault.retry_after
-            message = (f"Rate limit reached for {call.model} in organization org-sim on requests "
-                       f"per min (RPM): Limit 500, Used 500, Requested 1. Please try again in "
-                       f"{wait:g}s. Visit https://platform.openai.com/account/rate-limits to "
-                       "learn more.")
+            message = (
+                f"Rate limit reached for {call.model} in organization org-sim on requests "
+                f"per min (RPM): Limit 500, Used 500, Requested 1. Please try again in "
+                f"{wait:g}s. Visit https://platform.openai.com/account/rate-limits to "
+                "learn more."
+            )
             headers: Headers = [
                 (b"retry-after", str(math.ceil(wait)).encode()),
                 (b"retry-after-ms", str(round(wait * 1000)).encode()),
@@ -272,15 +342,27 @@ class OpenAIFormat:
                 (b"x-ratelimit-remaining-tokens", b"200000"),
                 (b"x-ratelimit-reset-tokens", b"0s"),
             ]
-            return _reply(429, _error_body(message, "requests", code="rate_limit_exceeded"),
-                          headers)
+            return _reply(
+                429, _error_body(message, "requests", code="rate_limit_exceeded"), headers
+            )
         if kind == "context_too_long":
             total = CONTEXT_WINDOW + call.input_tokens
-            return _reply(400, _error_body(
-                f"This model's maximum context length is {CONTEXT_WINDOW} tokens. However, your "
-                f"messages resulted in {total} tokens. Please reduce the length of the messages.",
-                "invalid_request_error", param="messages", code="context_length_exceeded"))
+            return _reply(
+                400,
+                _error_body(
+                    f"This model's maximum context length is {CONTEXT_WINDOW} tokens. However, "
+                    f"your messages resulted in {total} tokens. Please reduce the length of the "
+                    "messages.",
+                    "invalid_request_error",
+                    param="messages",
+                    code="context_length_exceeded",
+                ),
+            )
         if kind == "unavailable":
-            return _reply(503, _error_body(
-                "The engine is currently overloaded, please try again later.", "server_error"))
+            return _reply(
+                503,
+                _error_body(
+                    "The engine is currently overloaded, please try again later.", "server_error"
+                ),
+            )
         return _reply(500, _error_body(_SERVER_ERROR, "server_error"))

@@ -95,6 +95,11 @@ async def collect(events: AsyncIterable[StreamEvent]) -> Completion:
     )
 
 
+def _timeout(phase: str, limit: float, where: dict[str, str]) -> ProviderTimeout:
+    what = "no first token" if phase == "first_token" else "call not finished"
+    return ProviderTimeout(f"{what} within {limit:g}s", phase=phase, **where)
+
+
 class HttpAdapter:
     """One provider of one API family, over a shared ``httpx.AsyncClient``. No retries."""
 
@@ -196,9 +201,7 @@ class HttpAdapter:
                             **where,
                         )
             except TimeoutError:
-                raise ProviderTimeout(
-                    f"no {phase.replace('_', ' ')} within {limit:g}s", phase=phase, **where
-                ) from None
+                raise _timeout(phase, limit, where) from None
             except httpx.HTTPError as exc:
                 raise error_from_transport(
                     exc, mid_stream=False, api_key=self._api_key, **where
@@ -213,9 +216,7 @@ class HttpAdapter:
                     except StopAsyncIteration:
                         return
                     except TimeoutError:
-                        raise ProviderTimeout(
-                            f"no {phase.replace('_', ' ')} within {limit:g}s", phase=phase, **where
-                        ) from None
+                        raise _timeout(phase, limit, where) from None
                     except httpx.HTTPError as exc:
                         raise error_from_transport(
                             exc, mid_stream=True, api_key=self._api_key, **where
@@ -243,7 +244,7 @@ class HttpAdapter:
                 answered = True
                 raw = await response.aread()
         except TimeoutError:
-            raise ProviderTimeout(f"no answer within {total:g}s", phase="total", **where) from None
+            raise _timeout("total", total, where) from None
         except httpx.HTTPError as exc:
             raise error_from_transport(
                 exc, mid_stream=answered, api_key=self._api_key, **where

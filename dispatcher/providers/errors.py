@@ -10,6 +10,7 @@ what the provider did                  what the caller gets
 500, 502, 503, 504, 529, other 5xx     ProviderServerError(status)
 401, 403 (and Gemini API_KEY_INVALID)  ProviderAuthError
 400 "context too long" (3 dialects)    ContextTooLong
+400 code content_filter (Azure)        ContentFiltered
 other 4xx                              ProviderBadRequest(status, excerpt)
 httpx.ConnectTimeout / PoolTimeout     ProviderTimeout(phase="connect")
 refused, reset before the answer       ProviderUnavailable
@@ -35,6 +36,7 @@ import httpx
 import orjson
 
 from dispatcher.errors import (
+    ContentFiltered,
     ContextTooLong,
     ProviderAuthError,
     ProviderBadRequest,
@@ -71,7 +73,8 @@ _CONTEXT_TOO_LONG = (
     "exceeds the maximum number of tokens",  # Gemini
     "context window",
 )
-_SERVER_STATUSES = frozenset({500, 502, 503, 504, 529})
+# OpenAI / Azure OpenAI refuse a prompt with HTTP 400 and one of these codes.
+_CONTENT_CODES = frozenset({"content_filter", "content_policy_violation"})
 
 
 def scrub(text: str, api_key: str | None) -> str:
@@ -91,7 +94,9 @@ def _loads(body: bytes | str) -> Any:
 def _error_object(payload: Any) -> dict[str, Any]:
     """The ``error`` object of an OpenAI, Anthropic or Gemini error body (or ``{}``).
 
-    Gemini's ``streamGenerateContent`` without ``alt=sse`` wraps it in a list.
+    Gemini's ``streamGenerateContent`` without ``alt=sse`` wraps it in a list; Ollama
+    sends ``{"error": "text"}``; vLLM puts ``message`` and ``code`` at the top level
+    (``"object": "error"``).
     """
     if isinstance(payload, list) and payload:
         payload = payload[0]
@@ -101,6 +106,8 @@ def _error_object(payload: Any) -> dict[str, Any]:
             return err
         if isinstance(err, str):
             return {"message": err}
+        if payload.get("object") == "error" and isinstance(payload.get("message"), str):
+            return payload
     return {}
 
 
@@ -248,10 +255,12 @@ def error_from_response(
         return ProviderAuthError(f"API key rejected, HTTP {status}{detail}", **where)
     if status == 408:
         return ProviderTimeout(f"provider timed out, HTTP 408{detail}", phase="total", **where)
-    if status >= 500 or status in _SERVER_STATUSES:
+    if status >= 500:  # 500, 502, 503, 504, Anthropic's 529 overloaded, and the rest
         return ProviderServerError(f"server error, HTTP {status}{detail}", status=status, **where)
     if status in (400, 413, 422) and _is_context_too_long(err, _full_text(err, body)):
         return ContextTooLong(f"prompt does not fit the context window{detail}", **where)
+    if status == 400 and err.get("code") in _CONTENT_CODES:
+        return ContentFiltered(f"prompt refused by the content filter{detail}", **where)
     return ProviderBadRequest(
         f"request rejected, HTTP {status}{detail}", status=status, excerpt=short, **where
     )
@@ -269,8 +278,8 @@ def error_from_stream_payload(
     Choice, documented: an *overloaded* report (Anthropic ``overloaded_error``, Gemini
     ``UNAVAILABLE``/503, ``529``) is a :class:`ProviderServerError` with status 529/503,
     exactly as if it had come as the HTTP status, so the breaker treats both alike; a rate
-    limit report is :class:`ProviderRateLimited`; a context or content report keeps its
-    class; anything else is :class:`ProviderStreamError`.
+    limit report is :class:`ProviderRateLimited`; a context-too-long report is
+    :class:`ContextTooLong`; anything else is :class:`ProviderStreamError`.
     """
     where = {"provider": provider, "model": model}
     kind = str(err.get("type") or err.get("status") or err.get("code") or "error")

@@ -105,8 +105,8 @@ async def parse_stream(
         if not isinstance(chunk, dict):
             continue
         error = chunk.get("error")
-        if error:
-            err = error if isinstance(error, dict) else {"message": str(error)}
+        if error or chunk.get("object") == "error":  # vLLM: the error fields at top level
+            err = error if isinstance(error, dict) else chunk if not error else {"message": error}
             raise error_from_stream_payload(err, provider=provider, model=model, api_key=api_key)
         if chunk.get("usage"):
             usage = parse_usage(chunk["usage"])

@@ -893,3 +893,63 @@ async def test_a_missing_key_fails_before_any_request_naming_the_variable() -> N
             await collect(client.stream(REQUEST))
         with pytest.raises(ProviderAuthError, match="ANTHROPIC_KEY"):
             await client.complete(REQUEST)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected", "text"),
+    [
+        # vLLM: the error fields at the top level
+        (
+            400,
+            {
+                "object": "error",
+                "message": "This model's maximum context length is 4096 tokens. However, you "
+                "requested 5000 tokens (4000 in the messages, 1000 in the completion).",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            },
+            ContextTooLong,
+            "maximum context length is 4096",
+        ),
+        # Ollama: the error is a bare string
+        (
+            404,
+            {"error": 'model "llama9" not found, try pulling it first'},
+            ProviderBadRequest,
+            "llama9",
+        ),
+        # Azure OpenAI refuses a prompt with 400 and code content_filter
+        (
+            400,
+            {
+                "error": {
+                    "message": "The response was filtered due to the prompt triggering Azure "
+                    "OpenAI's content management policy.",
+                    "type": None,
+                    "param": "prompt",
+                    "code": "content_filter",
+                    "status": 400,
+                }
+            },
+            ContentFiltered,
+            "content management policy",
+        ),
+    ],
+)
+def test_error_bodies_of_openai_compatible_servers(
+    status: int, body: dict[str, Any], expected: type[ProviderError], text: str
+) -> None:
+    error = error_from_response(status, json.dumps(body), httpx.Headers())
+    assert type(error) is expected
+    assert text in str(error)
+
+
+async def test_vllm_error_chunk_mid_stream() -> None:
+    body = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+        b'data: {"object":"error","message":"engine dead","type":"InternalServerError",'
+        b'"param":null,"code":500}\n\n'
+    )
+    with pytest.raises(ProviderStreamError, match="engine dead"):
+        [e async for e in openai.parse_stream(aiter_sse(_agen([body])))]

@@ -248,8 +248,10 @@ def sim(
     from dispatcher.sim import SimDefaults
     from dispatcher.sim.server import run
 
-    out.print(f"provider simulator on http://{host}:{port} "
-              f"(ttft {ttft_ms} ms, itl {itl_ms} ms, {tokens} tokens)")
+    out.print(
+        f"provider simulator on http://{host}:{port} "
+        f"(ttft {ttft_ms} ms, itl {itl_ms} ms, {tokens} tokens)"
+    )
     run(host, port, SimDefaults(ttft_ms=ttft_ms, itl_ms=itl_ms, tokens=tokens), log_level)
 
 

@@ -782,8 +782,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             ),
             _g("percent percentage %", r"\b(?:percent|percentage)\b|%", min_numbers=2),
             # many quantities and a "how much": a word problem, even without relation words
-            _g("how what's whats what", r"\b(?:how (?:much|many)|what(?:'s| is) the total)\b",
-               min_numbers=5),
+            _g(
+                "how what's whats what",
+                r"\b(?:how (?:much|many)|what(?:'s| is) the total)\b",
+                min_numbers=5,
+            ),
         ),
     ),
     "troubleshooting": OpenIntent(
@@ -920,7 +923,9 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
                 _NEG,
                 r"\b(?:not|isn't|isnt|doesn't|doesnt|won't|wont|can't|cant|cannot|couldn't|"
                 r"stopped|stops|keeps?|kept|failed to|fails to|unable to|refuses to|never)"
-                r"(?: \w+){0,2} (?:work(?:ing|s)?(?! for (?:me|us)| anymore| then)|connect(?:ing|s)?|turn(?:ing)? on|power(?:ing)? on|"
+                r"(?: \w+){0,2} (?:work(?:ing|s)?(?! for (?:me|us)| anymore| then)|"
+                r"connect(?:ing|s)?|"
+                r"turn(?:ing)? on|power(?:ing)? on|"
                 r"charg(?:e|ing)|load(?:ing)?|boot(?:ing)?|start(?:ing)?|sync(?:ing)?|print(?:ing)?|"
                 r"respond(?:ing)?|pair(?:ing)?|updat(?:e|ing)|install(?:ing)?|drop(?:ping|s)?|"
                 r"crash(?:ing|es)?|freez(?:e|ing|es)|disconnect(?:ing|s)?|reboot(?:ing|s)?|"
@@ -950,9 +955,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "comparison": OpenIntent(
         gated=(
-            _g("should better cheaper which smarter whats what's", r"\b(?:should (?:i|we)|is it "
-               r"(?:cheaper|better|smarter|faster|safer)|whats better|what's better|which is|"
-               r"which one is|which would be|would it be (?:cheaper|better))\b.*\bor\b"),
+            _g(
+                "should better cheaper which smarter whats what's",
+                r"\b(?:should (?:i|we)|is it "
+                r"(?:cheaper|better|smarter|faster|safer)|whats better|what's better|which is|"
+                r"which one is|which would be|would it be (?:cheaper|better))\b.*\bor\b",
+            ),
         ),
         phrases=_p("""
             compare
@@ -1383,17 +1391,22 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "multiple_choice": OpenIntent(
         gated=(
-            _g(CODE_CHARS + " a b c d", r"(?:^|\s|\()[a-d][).:](?:\s|$)(?:.|\n)*?(?:^|\s|\()[b-d][).:]\s",
-               raw=True),
+            _g(
+                CODE_CHARS + " a b c d",
+                r"(?:^|\s|\()[a-d][).:](?:\s|$)(?:.|\n)*?(?:^|\s|\()[b-d][).:]\s",
+                raw=True,
+            ),
         ),
     ),
     "spelled_out": OpenIntent(
         gated=(
-            _g(NUM, r"^(?:(?:it's|its|it is|my|the|number|is|account|phone|zip|code|pin|and|"
-               r"dash|point)\s)*(?:(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|"
-               r"ten|double|triple|\d+)(?:\s|$)){3,}"),
-            _g("a b c d e f g h i j k l m n o p q r s t u v w x y z",
-               r"(?:\b[a-z]\b\s?){3,}"),
+            _g(
+                NUM,
+                r"^(?:(?:it's|its|it is|my|the|number|is|account|phone|zip|code|pin|and|"
+                r"dash|point)\s)*(?:(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|"
+                r"ten|double|triple|\d+)(?:\s|$)){3,}",
+            ),
+            _g("a b c d e f g h i j k l m n o p q r s t u v w x y z", r"(?:\b[a-z]\b\s?){3,}"),
         ),
     ),
     "follow_up": OpenIntent(

@@ -49,8 +49,20 @@ _CONFIDENCE = {
 _WHOLE_MAX_WORDS = 16
 # Lead-ins that do not change what a short social turn is ("let me talk to a person").
 _MULTIWORD_FILLERS = (
-    "you know", "i mean", "i guess", "like i said", "let me", "can i", "could i", "i want to",
-    "i'd like to", "i would like to", "i need to", "can you", "could you", "i just",
+    "you know",
+    "i mean",
+    "i guess",
+    "like i said",
+    "let me",
+    "can i",
+    "could i",
+    "i want to",
+    "i'd like to",
+    "i would like to",
+    "i need to",
+    "can you",
+    "could you",
+    "i just",
 )
 _CODE_PUNCT = frozenset("(){};=`<>#")
 
@@ -226,8 +238,7 @@ class Router:
                 tier = self._widest_tier
                 chain = self._chains[tier]
                 rule = f"{rule}+context-fit"
-        return Decision(tier=tier, chain=chain, rule=rule, confidence=confidence,
-                        features=feats)
+        return Decision(tier=tier, chain=chain, rule=rule, confidence=confidence, features=feats)
 
 
 def _features_match(rule: FeatureRule, turn: _Turn) -> bool:

@@ -8,7 +8,6 @@ Everything here is a single pass over the tokens: routing must take microseconds
 from __future__ import annotations
 
 import re
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,9 @@ from typing import Any
 _SEPARATORS = str.maketrans({c: " " for c in '"!?,;:()[]{}<>|\\`~@&_\n\t\r…“”‘'} | {"’": "'"})
 # Every spelling of a hesitation up to five letters ("uhhh", "ummm"); "mhm" is a yes.
 _FILLERS = frozenset(
-    a + b for base in ("u", "e", "a", "h") for a in (base * n for n in (1, 2, 3))
+    a + b
+    for base in ("u", "e", "a", "h")
+    for a in (base * n for n in (1, 2, 3))
     for b in ("h", "hh", "hhh", "m", "mm", "mmm", "r", "rm")
 ) | {"uhm", "uhmm", "mm", "mmm", "hm", "hmm", "hmmm", "erm", "ehm"}
 _STRIP = ".-'"

@@ -1391,11 +1391,8 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "multiple_choice": OpenIntent(
         gated=(
-            _g(
-                CODE_CHARS + " a b c d",
-                r"(?:^|\s|\()[a-d][).:](?:\s|$)(?:.|\n)*?(?:^|\s|\()[b-d][).:]\s",
-                raw=True,
-            ),
+            # options "(b) ... (c)" or "B. ... C." : look only when a lone b or c is there
+            _g("b c", r"(?:^|\s|\()b[).:]\s(?:.|\n)*?(?:^|\s|\()c[).:]\s", raw=True),
         ),
     ),
     "spelled_out": OpenIntent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import IntEnum
 from pathlib import Path
@@ -233,6 +234,58 @@ def bench_route(
             f"{case['per_second']:,.0f}",
         )
     out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(help="ingress processes")] = 1,
+    log_level: Annotated[str, typer.Option("--log-level")] = "warning",
+) -> None:
+    """Run the ingress API (FastAPI on uvicorn)."""
+    import importlib.util
+
+    import uvicorn
+
+    uvicorn.run(
+        "dispatcher.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        access_log=False,
+    )
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    tier: Annotated[str, typer.Option(help="the tier whose queue (turns.<tier>) to consume")],
+    concurrency: Annotated[int | None, typer.Option(help="concurrent turns per process")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel")] = "info",
+) -> None:
+    """Run a Celery worker for one tier (as ``celery -A workers worker -Q turns.<tier>``)."""
+    policy = _policy(None)
+    if tier not in policy.tiers:
+        err.print(f"--tier {tier!r}: unknown tier (known: {', '.join(policy.tiers)})")
+        raise typer.Exit(Exit.USAGE)
+    argv = [sys.executable, "-m", "workers", "--tier", tier, "--loglevel", loglevel]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    # exec: the worker becomes this process, so signals and exit codes are Celery's own
+    os.execv(sys.executable, [*argv, *ctx.args])
+
+
+@app.command()
+def demo() -> None:
+    """Start everything on this machine and play a scripted voice call through it."""
+    from dispatcher.demo import run_demo
+
+    raise typer.Exit(run_demo(out))
 
 
 @app.command()

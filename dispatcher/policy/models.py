@@ -112,6 +112,11 @@ class IntentRule(_Rule):
     min_words: NonNegativeInt | None = None
     #: only when the history plus the turn is at least this long (tokens)
     min_conversation_tokens: NonNegativeInt | None = None
+    #: the turn must end with one of the intents' phrases ("... i'll try that tonight bye")
+    at_end: bool = False
+    #: for closed intents: only phrases of at least this many words count ("hold on", not
+    #: "wait"), so that a short turn that merely contains one is recognised
+    min_phrase_words: PositiveInt = 1
 
 
 class KeywordRule(_Rule):
@@ -126,6 +131,8 @@ class StateRule(_Rule):
     last_bot_act: list[str] = []
     expecting: list[str] = []
     max_words: PositiveInt | None = None
+    #: a reply that is itself a question ("what's the difference...") is not an answer
+    allow_questions: bool = False
 
 
 class ConversationLengthRule(_Rule):
@@ -144,6 +151,7 @@ class FeatureRule(_Rule):
     has_code: bool | None = None
     has_math: bool | None = None
     min_numbers: NonNegativeInt | None = None
+    min_conversation_tokens: NonNegativeInt | None = None
 
 
 class SessionRule(_Rule):

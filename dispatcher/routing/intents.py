@@ -212,6 +212,14 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "catch you later",
     ],
     "thanks": [
+        "you've been really helpful",
+        "you've been so helpful",
+        "that helps",
+        "that helped",
+        "that's very helpful",
+        "really helpful",
+        "so helpful",
+        "thank you so much",
         "thanks",
         "thank you",
         "thank you so much",
@@ -242,6 +250,28 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "thank you kindly",
     ],
     "repeat": [
+        "what was that last bit",
+        "the last bit",
+        "the last step",
+        "repeat the last step",
+        "say that again",
+        "i didn't catch the last part",
+        "didn't catch the last part",
+        "the last part",
+        "repeat the last part",
+        "i didn't catch it",
+        "didn't catch it",
+        "the last part",
+        "slow down",
+        "slow down a little",
+        "a little",
+        "speak up",
+        "you cut out",
+        "i missed that",
+        "missed that",
+        "what was the last thing",
+        "one more time",
+        "come again please",
         "slower",
         "a bit slower",
         "more slowly",
@@ -282,6 +312,18 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "can you go back",
     ],
     "hold": [
+        "hold on a minute",
+        "my kid's yelling",
+        "one minute",
+        "give me a moment",
+        "someone's at the door",
+        "hold on hold on",
+        "give me one sec",
+        "brb",
+        "be right back",
+        "let me grab a pen",
+        "let me get a pen",
+        "grabbing a pen",
         "hold on",
         "hold on a sec",
         "hold on a second",
@@ -311,6 +353,10 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "let me get my card",
     ],
     "cancel": [
+        "never mind leave it as is",
+        "leave it as is",
+        "leave it",
+        "forget about it",
         "cancel",
         "cancel that",
         "stop",
@@ -329,6 +375,20 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "cancel please",
     ],
     "agent": [
+        "transfer me to billing",
+        "talk to a real person",
+        "i just want to talk to a real person",
+        "transfer me to someone",
+        "transfer me to someone in billing",
+        "transfer me",
+        "someone in billing",
+        "get me a manager",
+        "this is ridiculous",
+        "let me speak to your manager",
+        "your supervisor",
+        "a supervisor",
+        "connect me",
+        "put me through",
         "talk to a machine",
         "i don't want to talk to a machine",
         "get me a real person",
@@ -374,6 +434,17 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "put me through to someone",
     ],
     "smalltalk": [
+        "it's been crazy out there",
+        "crazy weather",
+        "with the snow",
+        "with the rain",
+        "haha yeah",
+        "yeah haha",
+        "oh nice",
+        "good to know",
+        "fair enough",
+        "no rush",
+        "take your time",
         "you sound so real",
         "you sound real",
         "you sound human",
@@ -608,8 +679,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             regex
             regexp
             regular expression
-            json
-            yaml
             numpy
             pandas
             django
@@ -685,6 +754,39 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "math": OpenIntent(
         phrases=_p("""
+            times as many
+            times as much
+            as many as
+            twice as many
+            half as many
+            how many marbles
+            find all
+            find the value
+            find the area
+            find the sum
+            find the number
+            how many positive
+            divisors
+            divisible
+            real numbers
+            integers
+            integer
+            triangle
+            perimeter
+            radius
+            circle
+            polynomial
+            days from today
+            day of the week will
+            mm dd yyyy
+            what is the date
+            how many full
+            how many weeks
+            how many days will
+            how long will it take
+            pages a night
+            miles per
+            per hour
             combinations
             permutations
             how many different
@@ -780,7 +882,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
                 r"difference|sum|cost|price))\b",
                 min_numbers=2,
             ),
-            _g("percent percentage %", r"\b(?:percent|percentage)\b|%", min_numbers=2),
+            _g(NUM, r"\b(?:percent|percentage)\b|%", min_numbers=2),
             # many quantities and a "how much": a word problem, even without relation words
             _g(
                 "how what's whats what",
@@ -791,6 +893,36 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            doesn't fix
+            didn't fix
+            if that doesn't
+            still broken
+            the breaker
+            breaker
+            tripped
+            changed the batteries
+            replaced the batteries
+            coming out cold
+            blowing cold
+            is cold
+            looks fine
+            seems fine
+            i've reinstalled
+            i've tried
+            i've restarted
+            i've cleared
+            i've reset
+            i've rebooted
+            i already
+            already hit
+            doesn't spin
+            won't spin
+            just hums
+            nothing prints
+            nothing happens
+            not printing
+            it still just
+            still just
             i restarted
             we restarted
             i rebooted
@@ -957,7 +1089,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         gated=(
             _g(
                 "should better cheaper which smarter whats what's",
-                r"\b(?:should (?:i|we)|is it "
+                r"\b(?:should (?:i|we)|(?:i|we) should|is it "
                 r"(?:cheaper|better|smarter|faster|safer)|whats better|what's better|which is|"
                 r"which one is|which would be|would it be (?:cheaper|better))\b.*\bor\b",
             ),
@@ -966,8 +1098,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             compare
             comparing
             comparison
-            versus
-            vs
             pros and cons
             trade off
             trade offs
@@ -1063,6 +1193,54 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            even allowed
+            is that even
+            allowed to keep
+            get hit with
+            penalty
+            penalties
+            am i supposed to
+            what are my rights
+            my rights
+            older than
+            younger than
+            taller than
+            shorter than
+            explain your reasoning
+            your reasoning
+            weaknesses
+            weakness
+            flaw in
+            flaws in
+            fallacy
+            assumption
+            assumptions
+            logically
+            must some
+            must all
+            measure exactly
+            second youngest
+            second oldest
+            who is the
+            is that okay
+            is it okay to take
+            can i take
+            should i take
+            i also have
+            kidney disease
+            does not belong
+            doesn't belong
+            and why
+            plausible
+            is it possible that
+            which one is lying
+            who is lying
+            knights and knaves
+            if all
+            some are
+            none of the
+            must be true
+            could be true
             essay
             in your opinion
             argue for
@@ -1154,6 +1332,23 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            when i'm booked
+            when am i booked
+            booked in
+            my next appointment
+            next appointment
+            do you guys
+            did my package
+            did my order
+            ship yet
+            shipped yet
+            has my
+            has it shipped
+            where's my
+            tracking info
+            take apple pay
+            apple pay
+            credit cards
             what year
             how tall
             how far is
@@ -1315,8 +1510,139 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             what are your
         """),
     ),
+    "transform": OpenIntent(
+        phrases=_p("""
+            extract
+            rewrite
+            rephrase
+            paraphrase
+            reword
+            translate
+            classify
+            categorize
+            categorise
+            proofread
+            fix the grammar
+            correct the grammar
+            make this shorter
+            make this friendlier
+            make it shorter
+            make it friendlier
+            make this more
+            make it more
+            turn this into
+            convert this to
+            convert this into
+            format this as
+            shorten this
+            simplify this
+            tone down
+        """),
+    ),
+    "explain": OpenIntent(
+        phrases=_p("""
+            policy
+            policies
+            what happens if
+            what's included
+            what is included
+            what does it include
+            what's covered
+            what is covered
+            explain
+            what does it mean
+            what does that mean
+            what is a
+            what is an
+            what's a
+            what's an
+            how does the
+            how do the
+            how does it work
+            tell me about
+            tell me more about
+        """),
+    ),
+    "summarize_inline": OpenIntent(
+        gated=(
+            _g(
+                "summarize summarise summary",
+                r"\bsummari[sz]e (?:this|the following|that) "
+                r"(?:paragraph|sentence|sentences|text|passage|quote|review|email|message|"
+                r"note|tweet|post|comment)\b|\bsummari[sz]e the (?:plot|story|history|"
+                r"idea|concept|main idea|book|movie|film) of\b",
+            ),
+        ),
+    ),
+    "trivia": OpenIntent(
+        gated=(
+            _g(
+                "who which when where how what",
+                r"^(?:who|which|when|where|how (?:many|tall|far|"
+                r"old|long|big|deep|high|fast|hot|cold)|what (?:year|country|city|is the "
+                r"(?:capital|largest|smallest|tallest|longest|highest|deepest|fastest|oldest|"
+                r"biggest|most|least|name|currency|population|speed|boiling|freezing|chemical)|"
+                r"was the|were the|language|color|colour|planet|element|ocean|continent))\b"
+                r"(?!.*\b(?:i|my|me|we|our|us|you|your|i'm|i've|we're)\b)",
+            ),
+        ),
+    ),
+    "draft": OpenIntent(
+        phrases=_p("""
+            write a quick
+            write a short
+            write a text
+            write an email
+            write a note
+            write a message
+            write me a
+            write a letter
+            write a poem
+            write a haiku
+            write a story
+            write a tweet
+            write a review
+            write a thank
+            write a cover letter
+            write a toast
+            write a speech
+            draft a
+            draft an
+            draft me
+            compose a
+            compose an
+            text to my
+            email to my
+            message to my
+            note to my
+        """),
+    ),
     "recall": OpenIntent(
         phrases=_p("""
+            we already
+            we tried
+            all the steps
+            we made
+            final list
+            all the changes
+            the changes
+            did i get
+            did i
+            was that
+            were the
+            you put
+            we decided
+            we picked
+            we chose
+            as it stands
+            everything we
+            checklist of everything
+            which ones did
+            the two options
+            those options
+            that credit
+            the credit you
+            what we
             the document
             the report
             the text above

@@ -65,6 +65,10 @@ _MULTIWORD_FILLERS = (
     "i just",
 )
 _CODE_PUNCT = frozenset("(){};=`<>#")
+_QUESTION_OPENERS = frozenset(
+    "what what's whats how why when where which who whose can could would will do does "
+    "did should".split()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,9 @@ class Router:
             always[name].extend(re.compile(p) for p in spec.patterns)
         self._closed = PhraseIndex((p, k) for k, v in closed.items() for p in v)
         self._closed_names = frozenset(closed)
+        self._closed_long = PhraseIndex(
+            (p, k) for k, v in closed.items() for p in v if len(tokens(p)) >= 2
+        )
         fillers = [(p, "filler") for p in _MULTIWORD_FILLERS]
         self._fillers = FILLER_WORDS
         self._filler_phrases = PhraseIndex(fillers)
@@ -191,6 +198,12 @@ class Router:
                 return None
             if rule.whole:
                 return rule.tier if turn.is_whole(rule.intents, rule.also_allow) else None
+            if rule.min_phrase_words > 1:
+                found = self._closed_long.labels(turn.toks)
+                return rule.tier if not found.isdisjoint(rule.intents) else None
+            if rule.at_end:
+                hit = self._closed.ends_with(turn.toks, rule.intents)
+                return rule.tier if hit else None
             return rule.tier if any(turn.has_intent(i) for i in rule.intents) else None
         if isinstance(rule, KeywordRule):
             if rule.max_words is not None and f.words > rule.max_words:
@@ -207,6 +220,8 @@ class Router:
             if rule.expecting and expecting not in rule.expecting:
                 return None
             if rule.max_words is not None and (f.words == 0 or f.words > rule.max_words):
+                return None
+            if not rule.allow_questions and turn.toks and turn.toks[0] in _QUESTION_OPENERS:
                 return None
             return rule.tier
         if isinstance(rule, ConversationLengthRule):
@@ -249,6 +264,8 @@ def _features_match(rule: FeatureRule, turn: _Turn) -> bool:
         rule.min_questions is None or f.questions >= rule.min_questions,
         rule.min_clauses is None or f.clauses >= rule.min_clauses,
         rule.min_numbers is None or f.numbers >= rule.min_numbers,
+        rule.min_conversation_tokens is None
+        or f.conversation_tokens >= rule.min_conversation_tokens,
         rule.has_code is None or turn.has_intent("code") == rule.has_code,
         rule.has_math is None or turn.has_intent("math") == rule.has_math,
     )

@@ -1,0 +1,1 @@
+"""The ingress: ``create_app(settings)`` builds the FastAPI application."""

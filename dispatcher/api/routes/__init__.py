@@ -1,0 +1,1 @@
+"""The ingress's endpoints, one module per resource."""

@@ -1,0 +1,44 @@
+"""The ingress's Lua scripts, registered once per Redis client (EVALSHA after the first)."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+# KEYS[1] buffer, KEYS[2] meta, KEYS[3] session snapshot (optional)
+# ARGV: route event, buffer ttl, tenant, deadline_at, meta ttl, sticky tier ('' = keep),
+#       rule, session ttl
+# Returns nil when the turn was created, else the tenant that owns the existing turn.
+CREATE_TURN = """
+local owner = redis.call('HGET', KEYS[2], 'tenant')
+if owner then return owner end
+redis.call('DEL', KEYS[1])
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'deadline_at', ARGV[4], 'clients', 1)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if #KEYS >= 3 then
+  local n = redis.call('HINCRBY', KEYS[3], 'n', 1)
+  if ARGV[6] ~= '' then
+    redis.call('HSET', KEYS[3], 'tier', ARGV[6], 'at', n, 'rule', ARGV[7])
+  end
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end
+return false
+"""
+
+# KEYS[1] meta; ARGV[1] +1 or -1. Counts the clients reading a turn, without bringing
+# back (TTL-less) the hash of a turn that has expired. Returns the new count or nil.
+ADD_CLIENT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HINCRBY', KEYS[1], 'clients', ARGV[1])
+end
+return false
+"""
+
+
+class Scripts:
+    """The scripts, bound to one client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.create_turn = redis.register_script(CREATE_TURN)
+        self.add_client = redis.register_script(ADD_CLIENT)

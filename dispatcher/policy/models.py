@@ -110,8 +110,9 @@ class IntentRule(_Rule):
     also_allow: list[str] = []
     max_words: PositiveInt | None = None
     min_words: NonNegativeInt | None = None
-    #: only when the history plus the turn is at least this long (tokens)
+    #: only when the history plus the turn is at least (at most) this long, in tokens
     min_conversation_tokens: NonNegativeInt | None = None
+    max_conversation_tokens: NonNegativeInt | None = None
     #: the turn must end with one of the intents' phrases ("... i'll try that tonight bye")
     at_end: bool = False
     #: for closed intents: only phrases of at least this many words count ("hold on", not

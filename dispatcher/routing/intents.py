@@ -22,6 +22,18 @@ from dataclasses import dataclass
 # Phrases of the closed intents. Order does not matter; longer phrases win when compiled.
 CLOSED_INTENTS: dict[str, list[str]] = {
     "confirmation": [
+        "whatever works",
+        "put it through",
+        "like you said",
+        "go ahead and put it through",
+        "that's fine i mean",
+        "sounds fine",
+        "whatever you think",
+        "either is fine",
+        "either one",
+        "that one",
+        "the first one",
+        "the second one",
         "yes",
         "yeah",
         "yep",
@@ -149,6 +161,12 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "no way",
     ],
     "greeting": [
+        "can you help me",
+        "can you help me with something",
+        "i need help",
+        "i have a question",
+        "i need some help",
+        "quick question",
         "hi",
         "hello",
         "hey",
@@ -434,6 +452,10 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "put me through to someone",
     ],
     "smalltalk": [
+        "the weather's been crazy",
+        "the weather's been crazy right",
+        "crazy right",
+        "been crazy",
         "it's been crazy out there",
         "crazy weather",
         "with the snow",
@@ -583,6 +605,10 @@ _NEG = (
 OPEN_INTENTS: dict[str, OpenIntent] = {
     "summarize": OpenIntent(
         phrases=_p("""
+            highlights for
+            bullet point highlights
+            bullet-point highlights
+            key highlights
             what's the summary
             what is the summary
             short version
@@ -659,6 +685,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "code": OpenIntent(
         phrases=_p("""
+            o n time
+            o n log n
+            o n
+            o 1 space
+            big-o
             python
             javascript
             typescript
@@ -754,6 +785,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "math": OpenIntent(
         phrases=_p("""
+            which one's cheaper
             times as many
             times as much
             as many as
@@ -883,6 +915,19 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
                 min_numbers=2,
             ),
             _g(NUM, r"\b(?:percent|percentage)\b|%", min_numbers=2),
+            _g(
+                NUM,
+                r"\b(?:plus|minus|each|per|total|extra|difference|left over|times|"
+                r"altogether|combined|add up|adds up)\b",
+                min_numbers=4,
+            ),
+            _g(
+                CODE_CHARS,
+                r"\\frac|\\sqrt|\^\{|\\le\b|\\ge\b|\\cdot|\\pi|\$[^$\n]*[=^<>][^$\n]*\$",
+                raw=True,
+            ),
+            # a multiple-choice question with quantities in it is a calculation
+            _g(NUM, r"(?:^|\n|\s)\(?[b-d][).:]\s*[-$]?\d", min_numbers=3, raw=True),
             # many quantities and a "how much": a word problem, even without relation words
             _g(
                 "how what's whats what",
@@ -1145,6 +1190,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         """),
     ),
     "planning": OpenIntent(
+        gated=(_g("budget budget's", r"\bbudget", min_numbers=2),),
         phrases=_p("""
             plan a
             plan my
@@ -1193,6 +1239,59 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            presents with
+            most likely cause
+            most likely diagnosis
+            best next step
+            most appropriate
+            most likely to
+            which setup
+            best test
+            controlled experiment
+            independent variable
+            dependent variable
+            logically equivalent
+            predicate logic
+            translation into
+            which conclusion
+            best supports
+            strengthen the argument
+            weaken the argument
+            formal logic
+            abstract algebra
+            econometrics
+            college mathematics
+            elementary mathematics
+            high school mathematics
+            high school statistics
+            college physics
+            high school physics
+            college chemistry
+            machine learning
+            valid argument
+            logically follows
+            conclusion follows
+            is that ok
+            is that safe
+            safe to take
+            take together
+            all together
+            i also take
+            interaction
+            will i lose
+            would i lose
+            am i still eligible
+            still eligible
+            do i still qualify
+            qualify
+            how can you find
+            using only
+            explain the procedure
+            balance scale
+            bill went from
+            nothing changed
+            doubled
+            tripled
             even allowed
             is that even
             allowed to keep
@@ -1221,7 +1320,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             measure exactly
             second youngest
             second oldest
-            who is the
             is that okay
             is it okay to take
             can i take
@@ -1248,9 +1346,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             why do you think
             what caused
             root cause
-            which of the following
             which statement
-            most likely
             best explains
             evaluate the
             compare and contrast
@@ -1332,6 +1428,17 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            right number
+            is this the
+            outage
+            an outage
+            still available
+            is it still available
+            routing number
+            claim number
+            policy number
+            member id
+            group number
             when i'm booked
             when am i booked
             booked in
@@ -1512,6 +1619,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "transform": OpenIntent(
         phrases=_p("""
+            sort these
+            into categories
+            sort the
+            group these
+            label each
             extract
             rewrite
             rephrase
@@ -1541,6 +1653,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "explain": OpenIntent(
         phrases=_p("""
+            what does it cover
+            what does that cover
+            does it cover
+            cover exactly
+            what's the process
+            what is the process
             policy
             policies
             what happens if
@@ -1578,7 +1696,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         gated=(
             _g(
                 "who which when where how what",
-                r"^(?:who|which|when|where|how (?:many|tall|far|"
+                r"^(?:q |question |trivia )?(?:who|which|when|where|how (?:many|tall|far|"
                 r"old|long|big|deep|high|fast|hot|cold)|what (?:year|country|city|is the "
                 r"(?:capital|largest|smallest|tallest|longest|highest|deepest|fastest|oldest|"
                 r"biggest|most|least|name|currency|population|speed|boiling|freezing|chemical)|"
@@ -1619,6 +1737,23 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "recall": OpenIntent(
         phrases=_p("""
+            read me back
+            read back
+            read it back
+            whole order
+            whole itinerary
+            start to finish
+            all the stuff
+            i listed
+            i added
+            the things i
+            given everything
+            everything i've told you
+            what did he say
+            what did she say
+            last time
+            remind me who
+            who's going
             we already
             we tried
             all the steps
@@ -1715,14 +1850,46 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             everybody's
         """),
     ),
-    "multiple_choice": OpenIntent(
+    "qa_format": OpenIntent(
         gated=(
+            _g("q question", r"^\s*(?:q|question)\s*:(?:.|\n)*\n\s*(?:a|answer)\s*:\s*$", raw=True),
+        ),
+    ),
+    "task_request": OpenIntent(
+        phrases=_p("""
+            how do i
+            how can i
+            i need to
+            i want to
+            i'd like to
+            i would like to
+            can you recommend
+            could you recommend
+            help me
+            i'm trying to
+            i am trying to
+        """),
+    ),
+    "multiple_choice": OpenIntent(
+        phrases=_p("""
+            the following are multiple choice questions
+            choose the best ending
+            pick the most likely continuation
+            most likely continuation
+            complete the sentence
+            which ending
+            choose the correct answer
+            select the correct answer
+        """),
+        gated=(
+            _g(NUM, r"(?:^|\n)\s*0\s*[:.)]\s.*\n\s*1\s*[:.)]\s", raw=True),
             # options "(b) ... (c)" or "B. ... C." : look only when a lone b or c is there
             _g("b c", r"(?:^|\s|\()b[).:]\s(?:.|\n)*?(?:^|\s|\()c[).:]\s", raw=True),
         ),
     ),
     "spelled_out": OpenIntent(
         gated=(
+            _g("as", r"\b[a-z] as in [a-z]+\b"),
             _g(
                 NUM,
                 r"^(?:(?:it's|its|it is|my|the|number|is|account|phone|zip|code|pin|and|"

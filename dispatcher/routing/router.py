@@ -64,7 +64,7 @@ _MULTIWORD_FILLERS = (
     "could you",
     "i just",
 )
-_CODE_PUNCT = frozenset("(){};=`<>#")
+_CODE_PUNCT = frozenset("(){};=`<>#$\\")
 _QUESTION_OPENERS = frozenset(
     "what what's whats how why when where which who whose can could would will do does "
     "did should".split()
@@ -194,6 +194,11 @@ class Router:
             if (
                 rule.min_conversation_tokens is not None
                 and f.conversation_tokens < rule.min_conversation_tokens
+            ):
+                return None
+            if (
+                rule.max_conversation_tokens is not None
+                and f.conversation_tokens > rule.max_conversation_tokens
             ):
                 return None
             if rule.whole:

@@ -23,6 +23,34 @@ _FILLERS = frozenset(
     for b in ("h", "hh", "hhh", "m", "mm", "mmm", "r", "rm")
 ) | {"uhm", "uhmm", "mm", "mmm", "hm", "hmm", "hmmm", "erm", "ehm"}
 _STRIP = ".-'"
+# Transcripts often drop apostrophes; the phrase sets are written with them.
+_APOSTROPHES = {
+    w.replace("'", ""): w
+    for w in (
+        # not "we'll", "we're", "i'll", "i'd", "let's": without the apostrophe they are
+        # other words ("well", "were", "ill", "id", "lets")
+        "what's that's it's i'm don't can't won't didn't doesn't isn't i've you're they're "
+        "where's how's who's there's here's wasn't aren't couldn't wouldn't shouldn't "
+        "you'll we've haven't hasn't he's she's"
+    ).split()
+} | {"whats": "what's", "thats": "that's"}
+# words that are said twice on purpose
+_REPEATABLE = frozenset("no yes yeah bye very hold okay ok no".split()) | {
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "zero",
+    "oh",
+    "double",
+    "ha",
+    "go",
+}
 _ACK = re.compile(r"\b(?:mm+|uh+|um+)[\s-]*(?:hm+|huh)\b")
 
 _QUESTION_START = frozenset(
@@ -126,13 +154,17 @@ def tokens(text: str) -> tuple[str, ...]:
     low = text.lower()
     if "hm" in low or "huh" in low:
         low = _ACK.sub("mhm", low)  # "mm hmm" and "uh huh" are a yes, not two fillers
+    prev = ""
     for tok in low.translate(_SEPARATORS).split():
         tok = tok.strip(_STRIP)
-        if not tok:
+        if not tok or tok in _FILLERS:
             continue
-        if tok in _FILLERS:
+        tok = _APOSTROPHES.get(tok, tok)
+        # speech recognition repeats words on a false start ("that's that's fine")
+        if tok == prev and tok not in _REPEATABLE:
             continue
         out.append(tok)
+        prev = tok
     return tuple(out)
 
 

@@ -69,7 +69,8 @@ def router(policy: Policy) -> Router:
         ("help me plan a three day trip to lisbon on a budget", "reasoning", "planning"),
         ("what would happen if i miss two payments in a row", "reasoning", "analysis"),
         # default
-        ("i'd like to book a table for four on friday at seven", "standard", "default"),
+        ("i'd like to book a table for four on friday at seven", "standard", "task-request"),
+        ("my account was hacked last year", "standard", "default"),
     ],
 )
 def test_turns_without_state(router: Router, text: str, tier: str, rule: str) -> None:
@@ -84,7 +85,8 @@ def test_turns_without_state(router: Router, text: str, tier: str, rule: str) ->
     [
         ("next tuesday", {"expecting": "date"}, "fast", "short-answer-to-question"),
         ("four people", {"expecting": "number"}, "fast", "short-answer-to-question"),
-        ("the second one", {"last_bot_act": "ask_choice"}, "fast", "short-answer-to-yes-no"),
+        ("the second one", {"last_bot_act": "ask_choice"}, "fast", "short-social"),
+        ("friday works", {"last_bot_act": "ask_choice"}, "fast", "short-answer-to-yes-no"),
         ("yeah go for it", {"last_bot_act": "ask_yes_no"}, "fast", "short-social"),
         ("i guess that's fine by me", {"last_bot_act": "ask_yes_no"}, "fast",
          "short-answer-to-yes-no"),

@@ -32,7 +32,9 @@ app = typer.Typer(
 policy_app = typer.Typer(help="Policy file commands.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+keys_app = typer.Typer(help="API keys: each maps to a tenant; stored hashed.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 
 out = Console()
 err = Console(stderr=True)
@@ -278,6 +280,61 @@ def worker(
         argv += ["--concurrency", str(concurrency)]
     # exec: the worker becomes this process, so signals and exit codes are Celery's own
     os.execv(sys.executable, [*argv, *ctx.args])
+
+
+def _with_redis(fn):  # type: ignore[no-untyped-def]
+    """Run ``fn(redis)`` against the Redis of the settings, on a fresh event loop."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    async def go():  # type: ignore[no-untyped-def]
+        client = aioredis.Redis.from_url(get_settings().redis_url)
+        try:
+            return await fn(client)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(go())
+    except OSError as exc:
+        err.print(f"cannot reach Redis at {get_settings().redis_url}: {exc}")
+        raise typer.Exit(Exit.FAILED) from None
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="tenant the key belongs to")]) -> None:
+    """Create an API key for a tenant and print it (it is shown only once)."""
+    from dispatcher.auth import create_key
+
+    try:
+        key = _with_redis(lambda r: create_key(r, tenant))
+    except ValueError as exc:
+        err.print(str(exc))
+        raise typer.Exit(Exit.USAGE) from None
+    sys.stdout.write(key + "\n")
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None) -> None:
+    """List key ids and their tenants (never the keys)."""
+    from dispatcher.auth import list_keys
+
+    table = Table("key id", "tenant")
+    for info in _with_redis(lambda r: list_keys(r, tenant)):
+        table.add_row(info.key_id, info.tenant)
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key, or its id")]) -> None:
+    """Revoke a key."""
+    from dispatcher.auth import revoke_key
+
+    if not _with_redis(lambda r: revoke_key(r, key)):
+        err.print(f"no key matches {key[:8]}...")
+        raise typer.Exit(Exit.FAILED)
+    out.print("revoked")
 
 
 @app.command()

@@ -452,6 +452,11 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "put me through to someone",
     ],
     "smalltalk": [
+        "who am i speaking to",
+        "who am i speaking with",
+        "is this a robot",
+        "is this a real person",
+        "am i talking to a robot",
         "the weather's been crazy",
         "the weather's been crazy right",
         "crazy right",
@@ -840,7 +845,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             leave a tip
             percent tip
             split the bill
-            convert
             what do i pay
             what would i pay
             what will i pay
@@ -938,6 +942,20 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            i've already
+            we've already
+            what's going on
+            keeps going off
+            cuts out
+            cutting out
+            stay cold
+            stays cold
+            won't stay
+            drops after
+            is showing
+            showing e
+            error e
+            like clockwork
             doesn't fix
             didn't fix
             if that doesn't
@@ -1119,6 +1137,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
                 r"off|frozen|blank|black|broken|not|flickering|beeping|making)\b",
             ),
             _g(
+                "i i've we we've have already just",
+                r"\b(?:i|i've|we|we've|i have|we have)(?: already| just| even)? (?:cleaned|"
+                r"changed|swapped|bled|forgotten|paired|replaced|tried|checked|restarted|"
+                r"rebooted|unplugged|updated|reinstalled|cleared|charged|tested|plugged)\b",
+            ),
+            _g(
                 "still",
                 r"\bstill (?:not|doesn't|isn't|won't|can't|broken|stuck|the same|"
                 r"happening|getting|showing|dropping|slow|flashing|blinking)\b",
@@ -1140,6 +1164,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             ),
         ),
         phrases=_p("""
+            be cheaper
+            work out cheaper
+            cheaper overall
+            be better off
+            better off
             compare
             comparing
             comparison
@@ -1190,7 +1219,17 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         """),
     ),
     "planning": OpenIntent(
-        gated=(_g("budget budget's", r"\bbudget", min_numbers=2),),
+        gated=(
+            _g("budget budget's", r"\bbudget", min_numbers=2),
+            _g(
+                "veggie vegan vegetarian coeliac celiac gluten allergic allergy halal kosher",
+                r"\b(?:veggie|vegan|vegetarian|coeliac|celiac|gluten|allergic|allergy|halal|"
+                r"kosher)\b.*\b(?:people|guests|of us|of them|adults|kids)\b|\b(?:people|guests|"
+                r"of us|of them|adults|kids)\b.*\b(?:veggie|vegan|vegetarian|coeliac|celiac|"
+                r"gluten|allergic|allergy|halal|kosher)",
+                min_numbers=2,
+            ),
+        ),
         phrases=_p("""
             plan a
             plan my
@@ -1239,6 +1278,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            is the following sentence plausible
+            what can i do
+            on top or
+            or does it
+            is something wrong
+            something wrong with
             presents with
             most likely cause
             most likely diagnosis
@@ -1329,7 +1374,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             does not belong
             doesn't belong
             and why
-            plausible
             is it possible that
             which one is lying
             who is lying
@@ -1428,6 +1472,14 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            why fi password
+            wi fi password
+            out for delivery
+            delivery yet
+            the number for
+            did my payment
+            go through
+            gone through
             right number
             is this the
             outage
@@ -1579,8 +1631,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             is my payment
             is my refund
             capital of
-            who is
-            who was
             who wrote
             who invented
             who painted
@@ -1693,6 +1743,15 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         ),
     ),
     "trivia": OpenIntent(
+        phrases=_p("""
+            in which year
+            in what year
+            in which sport
+            in which country
+            in which city
+            what was the name of
+            what is the name of
+        """),
         gated=(
             _g(
                 "who which when where how what",
@@ -1737,6 +1796,9 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "recall": OpenIntent(
         phrases=_p("""
+            which one was
+            how much was it
+            was the claim
             read me back
             read back
             read it back
@@ -1851,9 +1913,20 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         """),
     ),
     "qa_format": OpenIntent(
+        phrases=_p("""
+            answer yes or no
+            true or false
+        """),
         gated=(
+            _g("instruction", r"^\s*instruction\s*:(?:.|\n)*\n\s*context\s*:", raw=True),
             _g("q question", r"^\s*(?:q|question)\s*:(?:.|\n)*\n\s*(?:a|answer)\s*:\s*$", raw=True),
         ),
+    ),
+    "instruction_format": OpenIntent(
+        phrases=_p("""
+            below is an instruction that describes a task
+            write a response that appropriately completes the request
+        """),
     ),
     "task_request": OpenIntent(
         phrases=_p("""
@@ -1872,6 +1945,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "multiple_choice": OpenIntent(
         phrases=_p("""
+            most plausible continuation
+            plausible continuation
+            the most plausible
+            best ending
+            how does the story end
             the following are multiple choice questions
             choose the best ending
             pick the most likely continuation
@@ -1889,6 +1967,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "spelled_out": OpenIntent(
         gated=(
+            _g(
+                NUM + " a b c d e f g h i j k l m n o p q r s t u v w x y z",
+                r"^(?:(?:[a-z]|zero|oh|one|two|three|four|five|six|seven|eight|nine|ten|eleven|"
+                r"twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|"
+                r"thirty|forty|fifty|sixty|seventy|eighty|ninety|\d+)(?:\s|$)){4,}$",
+            ),
             _g("as", r"\b[a-z] as in [a-z]+\b"),
             _g(
                 NUM,

@@ -342,7 +342,9 @@ def demo() -> None:
     """Start everything on this machine and play a scripted voice call through it."""
     from dispatcher.demo import run_demo
 
-    raise typer.Exit(run_demo(out))
+    # wide enough for the per-turn table even when output is not a terminal
+    console = Console(width=max(out.width, 120))
+    raise typer.Exit(run_demo(console))
 
 
 @app.command()

@@ -110,7 +110,7 @@ async def play(ingress_url: str, api_key: str, console: Console) -> dict[str, An
         ("ttft ms", "right"),
         ("cost USD", "right"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     total, baseline = Decimal(0), Decimal(0)
     failures = 0
     async with httpx.AsyncClient() as client:
@@ -131,7 +131,7 @@ async def play(ingress_url: str, api_key: str, console: Console) -> dict[str, An
             baseline += result.baseline_cost
             table.add_row(
                 str(i),
-                step.user if len(step.user) <= 48 else step.user[:45] + "...",
+                step.user if len(step.user) <= 40 else step.user[:37] + "...",
                 route.get("tier", "?"),
                 str(model),
                 route.get("rule", "?"),

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dispatcher.errors import PolicyError
+from dispatcher.ledger import cli as ledger_cli
 from dispatcher.policy import Policy, load_policy
 from dispatcher.settings import get_settings
 
@@ -35,6 +36,10 @@ app.add_typer(policy_app, name="policy")
 keys_app = typer.Typer(help="API keys: each maps to a tenant; stored hashed.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_cli.app, name="ledger")
+app.command("migrate")(ledger_cli.migrate_command)
+app.command("ledger-writer")(ledger_cli.writer_command)
+bench_app.command("ledger")(ledger_cli.bench_command)
 
 out = Console()
 err = Console(stderr=True)
@@ -343,7 +348,7 @@ def demo() -> None:
     from dispatcher.demo import run_demo
 
     # wide enough for the per-turn table even when output is not a terminal
-    console = Console(width=max(out.width, 120))
+    console = Console(width=max(out.width, 132))
     raise typer.Exit(run_demo(console))
 
 

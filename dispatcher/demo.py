@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
+from datetime import UTC, datetime
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -131,7 +133,7 @@ async def play(ingress_url: str, api_key: str, console: Console) -> dict[str, An
             baseline += result.baseline_cost
             table.add_row(
                 str(i),
-                step.user if len(step.user) <= 40 else step.user[:37] + "...",
+                step.user if len(step.user) <= 34 else step.user[:31] + "...",
                 route.get("tier", "?"),
                 str(model),
                 route.get("rule", "?"),
@@ -170,8 +172,9 @@ def run_demo(console: Console) -> int:
                 f"stack up: ingress {stack.ingress_url}, simulator {stack.sim_url}, "
                 f"redis {stack.redis_url}{' (started here)' if stack.started_redis else ''}"
             )
+            since = datetime.now(UTC)
             result = asyncio.run(play(stack.ingress_url, pass_key, console))
-            _show_ledger(stack.database_url, result["session"], console)
+            _show_ledger(stack.database_url, since, result["turns"], console)
     except DispatcherError as exc:
         console.print(f"[red]{exc}[/red]")
         return 1
@@ -196,10 +199,25 @@ def _create_key(redis_url: str) -> str:
     return asyncio.run(go())
 
 
-def _show_ledger(database_url: str, session: str, console: Console) -> None:
-    """The ledger's summary of the call, read from its database (filled by the writer)."""
+def _show_ledger(database_url: str, since: datetime, turns: int, console: Console) -> None:
+    """The ledger's summary of this call, read back from its database (the writer fills it
+    from the Redis stream in batches, so wait until every turn's row is there)."""
+    from sqlalchemy.orm import Session
+
+    from dispatcher.ledger import queries
+    from dispatcher.ledger.cli import render_summary
+    from dispatcher.ledger.db import make_engine
+
+    engine = make_engine(database_url)
     try:
-        from dispatcher.ledger.cli import print_summary_for_demo
-    except ImportError:
-        return
-    print_summary_for_demo(database_url, session, console)
+        deadline = time.monotonic() + 10
+        while True:
+            with Session(engine) as session:
+                summary = queries.summary(session, tenant="demo", since=since,
+                                          group_by=("tier",))
+            if summary.total.agg.turns >= turns or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        render_summary(summary, console)
+    finally:
+        engine.dispose()

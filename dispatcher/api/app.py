@@ -20,12 +20,14 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dispatcher.api import errors
+from dispatcher.api import deps, errors
 from dispatcher.api.limits import BodyLimit
 from dispatcher.api.metrics import Metrics
 from dispatcher.api.relay import RelayHub
 from dispatcher.api.routes import chat, health, models, turns
 from dispatcher.api.runtime import Enqueuer, PolicyHolder, Runtime, Tuning
+from dispatcher.ledger.db import make_engine, session_factory
+from dispatcher.ledger.http import create_ledger_router
 from dispatcher.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,9 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for module in (turns, chat, models, health):
         app.include_router(module.router)
+    # The ledger's read endpoints; the engine connects lazily, on the first query.
+    ledger_engine = make_engine(settings.database_url)
+    app.include_router(create_ledger_router(session_factory(ledger_engine), deps.tenant))
     return app
 
 

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dispatcher.bench.command import group_default, load_command
 from dispatcher.errors import PolicyError
 from dispatcher.ledger import cli as ledger_cli
 from dispatcher.policy import Policy, load_policy
@@ -31,7 +32,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 policy_app = typer.Typer(help="Policy file commands.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: `dispatcher bench` runs the load test (also `bench load`); "
+    "`bench route` times routing decisions; `bench ledger` the ledger writer."
+)
 app.add_typer(policy_app, name="policy")
 keys_app = typer.Typer(help="API keys: each maps to a tenant; stored hashed.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -40,6 +44,8 @@ app.add_typer(ledger_cli.app, name="ledger")
 app.command("migrate")(ledger_cli.migrate_command)
 app.command("ledger-writer")(ledger_cli.writer_command)
 bench_app.command("ledger")(ledger_cli.bench_command)
+bench_app.command("load")(load_command)
+bench_app.callback(invoke_without_command=True)(group_default(load_command))
 
 out = Console()
 err = Console(stderr=True)

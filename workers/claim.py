@@ -23,8 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.commands.core import AsyncScript
-
+from dispatcher.resp import ScriptCall
 from dispatcher.streaming import buffer_key, cancel_key, state_key
 
 #: How long a lease lasts without renewal, and how often running turns renew theirs.
@@ -94,7 +93,7 @@ class Claim:
     cancelled: bool = False
 
 
-async def claim(script: AsyncScript, turn_id: str, owner: str) -> Claim:
+async def claim(script: ScriptCall, turn_id: str, owner: str) -> Claim:
     """Decide whether ``owner`` runs ``turn_id`` (see the module table)."""
     raw = await script(
         keys=[state_key(turn_id), buffer_key(turn_id), cancel_key(turn_id)],

@@ -19,8 +19,7 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.commands.core import AsyncScript
-
+from dispatcher.resp import ScriptCall
 from dispatcher.streaming import BUFFER_TTL_S, TERMINAL, buffer_key, channel, encode
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class PublishError(Exception):
 class Publisher:
     """The event writer of one turn; only the turn's owner writes its buffer."""
 
-    def __init__(self, script: AsyncScript, turn_id: str, next_seq: int) -> None:
+    def __init__(self, script: ScriptCall, turn_id: str, next_seq: int) -> None:
         self._script = script
         self.turn_id = turn_id
         self._keys = [buffer_key(turn_id), channel(turn_id)]

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from celery import Celery  # type: ignore[import-untyped]
 from redis.asyncio import Redis
 
+from dispatcher.api._compat import aw
+from dispatcher.api.enqueue import TaskMessages
 from dispatcher.api.metrics import Metrics
 from dispatcher.api.relay import DEADLINE_MARGIN_S, IDLE_S, RelayHub
 from dispatcher.api.scripts import Scripts
@@ -104,31 +105,32 @@ class PolicyHolder:
 
 
 class Enqueuer:
-    """The Celery producer: sends :data:`RUN_TURN_TASK` by name; never imports workers."""
+    """The producer of :data:`RUN_TURN_TASK` messages; never imports the workers.
 
-    def __init__(self, broker_url: str) -> None:
-        self.app = Celery("dispatcher-ingress", broker=broker_url, set_as_current=False)
+    The hot path does not call :meth:`send`: :func:`dispatcher.api.service.start_turn`
+    pushes :meth:`message` in the same Lua call that creates the turn (one round trip,
+    atomic). :meth:`send` pushes one on its own, with the process's asyncio Redis client
+    (see :mod:`dispatcher.api.enqueue` for why not ``send_task``).
+    """
+
+    def __init__(self, broker_url: str, redis: Redis | None = None) -> None:
+        self.broker_url = broker_url
+        self.redis = redis
+        self._messages = TaskMessages()
+
+    def message(self, job: TurnJob, queue: str) -> bytes:
+        turn_id = job["turn_id"]
+        # Flower and worker logs show argsrepr; the prompt must not appear there.
+        return self._messages.build(RUN_TURN_TASK, [job], task_id=turn_id, queue=queue,
+                                    argsrepr=f"[turn {turn_id}]")
 
     async def send(self, job: TurnJob, queue: str) -> None:
-        # send_task is synchronous (kombu) and blocks for 1-7 ms per call, so it runs in
-        # a worker thread to keep the event loop free. Later optimisation: an
-        # asyncio-native LPUSH of the kombu message, or one dedicated sender thread.
-        await asyncio.to_thread(self._send, job, queue)
-
-    def _send(self, job: TurnJob, queue: str) -> None:
-        self.app.send_task(
-            RUN_TURN_TASK,
-            args=[job],
-            queue=queue,
-            task_id=job["turn_id"],
-            ignore_result=True,
-            # Flower and worker logs show argsrepr; the prompt must not appear there.
-            argsrepr=f"[turn {job['turn_id']}]",
-            kwargsrepr="{}",
-        )
+        if self.redis is None:
+            raise RuntimeError("the enqueuer has no Redis client")
+        await aw(self.redis.lpush(queue, self.message(job, queue)))
 
     def close(self) -> None:
-        self.app.close()
+        """Nothing to close: the Redis client is the runtime's."""
 
 
 class Runtime:
@@ -148,6 +150,8 @@ class Runtime:
         self.redis = redis
         self.hub = hub
         self.enqueuer = enqueuer
+        if enqueuer.redis is None and enqueuer.broker_url == settings.redis_url:
+            enqueuer.redis = redis  # the broker is this Redis: share its pool
         self.policies = policies
         self.metrics = metrics
         self.tuning = tuning

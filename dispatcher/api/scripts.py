@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-# KEYS[1] buffer, KEYS[2] meta, KEYS[3] session snapshot (optional)
+# KEYS[1] buffer, KEYS[2] meta, KEYS[3] the tier's queue, KEYS[4] session snapshot (optional)
 # ARGV: route event, buffer ttl, tenant, deadline_at, meta ttl, sticky tier ('' = keep),
-#       rule, session ttl
-# Returns nil when the turn was created, else the tenant that owns the existing turn.
+#       rule, session ttl, the Celery task message
+# Returns nil when the turn was created (and enqueued), else the tenant that owns the
+# existing turn. One round trip, atomic: no turn exists without its job, nor a job
+# without its route event.
 CREATE_TURN = """
 local owner = redis.call('HGET', KEYS[2], 'tenant')
 if owner then return owner end
@@ -16,13 +18,14 @@ redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'tenant', ARGV[3], 'deadline_at', ARGV[4], 'clients', 1)
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-if #KEYS >= 3 then
-  local n = redis.call('HINCRBY', KEYS[3], 'n', 1)
+if #KEYS >= 4 then
+  local n = redis.call('HINCRBY', KEYS[4], 'n', 1)
   if ARGV[6] ~= '' then
-    redis.call('HSET', KEYS[3], 'tier', ARGV[6], 'at', n, 'rule', ARGV[7])
+    redis.call('HSET', KEYS[4], 'tier', ARGV[6], 'at', n, 'rule', ARGV[7])
   end
-  redis.call('EXPIRE', KEYS[3], ARGV[8])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
+redis.call('LPUSH', KEYS[3], ARGV[9])
 return false
 """
 

@@ -5,8 +5,9 @@ Starting a turn, in order (each step before the next):
 1. subscribe to the turn's channel and read the session snapshot (concurrently);
 2. route (pure);
 3. one Lua call: write the ``route`` event as seq 0 into the buffer, record the turn's
-   owner and deadline, and update the session snapshot;
-4. enqueue the :class:`~dispatcher.turns.TurnJob` on the tier's queue.
+   owner and deadline, update the session snapshot, and enqueue the
+   :class:`~dispatcher.turns.TurnJob` on the tier's queue (``LPUSH`` of the Celery
+   message, :mod:`dispatcher.api.enqueue`): one round trip, all or nothing.
 
 So by the time a worker can publish anything, the relay is listening and the buffer
 exists. A turn id the caller already used (``turn_id`` in the body) is not started again:
@@ -24,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import orjson
 from redis.asyncio import Redis
 
 from dispatcher import streaming
@@ -197,29 +197,23 @@ async def start_turn(rt: Runtime, turn: TurnInput) -> Started:
         job = build_job(routing, turn, decision, turn_id)
         route = route_event(routing, decision, turn_id)
         raw_route = streaming.encode(route)
-        keys = [streaming.buffer_key(turn_id), meta_key(turn_id)]
+        queue = routing.policy.queue(decision.tier)
+        keys = [streaming.buffer_key(turn_id), meta_key(turn_id), queue]
         if skey is not None:
             keys.append(skey)
+        started = time.perf_counter()
+        # a RedisError here is the app's 503 redis_unavailable: nothing was written
         owner = await rt.scripts.create_turn(
             keys=keys,
             args=[
                 raw_route, streaming.BUFFER_TTL_S, turn.tenant, repr(job["deadline_at"]),
                 META_TTL_S, sticky_tier(routing, decision), decision.rule,
-                routing.policy.session.ttl_s,
+                routing.policy.session.ttl_s, rt.enqueuer.message(job, queue),
             ],
         )
         if owner is not None:
             return await _existing(rt, turn, turn_id, owner, sub)
-        try:
-            started = time.perf_counter()
-            await rt.enqueuer.send(job, routing.policy.queue(decision.tier))
-            rt.metrics.enqueue.observe(time.perf_counter() - started)
-        except Exception as exc:
-            log.error("turn %s: enqueue on %s failed: %s", turn_id,
-                      routing.policy.queue(decision.tier), exc)
-            await _fail(rt.redis, turn_id, "enqueue_failed", "the broker did not take the turn")
-            raise ApiError(503, "broker_unavailable",
-                           f"the turn could not be queued for tier {decision.tier!r}") from exc
+        rt.metrics.enqueue.observe(time.perf_counter() - started)
     except BaseException:
         await sub.close()
         raise
@@ -297,20 +291,6 @@ def _relay(
         idle_s=rt.tuning.idle_s, margin_s=rt.tuning.deadline_margin_s,
         count=rt.metrics.count_event, on_deadline=lambda tid: cancel_turn(rt.redis, tid),
     )
-
-
-async def _fail(redis: Redis, turn_id: str, code: str, message: str) -> None:
-    """End a turn the ingress could not hand over: one terminal event after the route."""
-    event = {"seq": 1, "type": "error", "turn_id": turn_id, "code": code,
-             "message": message, "attempts": []}
-    try:
-        await aw(redis.eval(
-            streaming.APPEND_AND_PUBLISH, 2, streaming.buffer_key(turn_id),
-            streaming.channel(turn_id), str(streaming.BUFFER_TTL_S),
-            orjson.dumps(event).decode(),
-        ))
-    except Exception as exc:  # best effort: the request fails with 503 either way
-        log.warning("turn %s: could not record the enqueue failure: %s", turn_id, exc)
 
 
 async def cancel(rt: Runtime, tenant: str, turn_id: str) -> None:

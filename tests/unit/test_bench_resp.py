@@ -1,0 +1,28 @@
+"""The lean RESP wire of the hot path: encoding and incremental parsing (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.resp import Parser, RespError, encode_command, supported
+
+
+def test_commands_are_arrays_of_bulk_strings() -> None:
+    assert encode_command(["EVALSHA", "ab", 2, b"k\r\n", 1.5]) == (
+        b"*5\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n2\r\n$3\r\nk\r\n\r\n$3\r\n1.5\r\n")
+
+
+@pytest.mark.parametrize("cut", range(1, 40))
+def test_replies_split_anywhere_come_out_whole_and_in_order(cut: int) -> None:
+    wire = (b"+OK\r\n:42\r\n$5\r\nhe\r\no\r\n$-1\r\n"
+            b"*3\r\n$7\r\nclaimed\r\n:1\r\n:0\r\n-NOSCRIPT x\r\n")
+    parser = Parser()
+    replies = parser.feed(wire[:cut]) + parser.feed(wire[cut:])
+    assert replies[:5] == [b"OK", 42, b"he\r\no", None, [b"claimed", 1, 0]]
+    assert isinstance(replies[5], RespError) and str(replies[5]) == "NOSCRIPT x"
+
+
+def test_only_plain_redis_urls_use_the_lean_wire() -> None:
+    assert supported("redis://127.0.0.1:6379/3")
+    assert not supported("rediss://example:6380/0")
+    assert not supported("unix:///tmp/redis.sock")

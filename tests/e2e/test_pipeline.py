@@ -194,12 +194,14 @@ def test_client_disconnect_cancels_the_provider_call(stack: Stack, api_key: str)
     body = {"session_id": "e2e-disc", "text": "yes", "stream": True}
 
     async def go():
-        async with httpx.AsyncClient(timeout=30) as client:
-            async with client.stream("POST", f"{stack.ingress_url}/v1/turns", json=body,
-                                     headers=headers) as resp:
-                async for ev in iter_sse(resp):
-                    if ev.event == "token":
-                        break
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("POST", f"{stack.ingress_url}/v1/turns", json=body,
+                          headers=headers) as resp,
+        ):
+            async for ev in iter_sse(resp):
+                if ev.event == "token":
+                    break
 
     asyncio.run(go())
     # the provider call stops long before its 10 s of tokens
@@ -221,20 +223,22 @@ def test_delete_cancels_a_speculative_turn_quickly(stack: Stack, api_key: str) -
     body = {"session_id": "e2e-spec", "text": "sure", "speculative": True}
 
     async def go():
-        async with httpx.AsyncClient(timeout=30) as client:
-            async with client.stream("POST", f"{stack.ingress_url}/v1/turns", json=body,
-                                     headers=headers) as resp:
-                events = []
-                async for ev in iter_sse(resp):
-                    events.append(ev)
-                    if ev.event == "token" and len(events) == 3:
-                        t0 = time.perf_counter()
-                        r = await client.delete(
-                            f"{stack.ingress_url}/v1/turns/{events[0].data['turn_id']}",
-                            headers=headers)
-                        assert r.status_code == 202
-                    if ev.event in ("done", "error"):
-                        return events, (time.perf_counter() - t0) * 1000
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("POST", f"{stack.ingress_url}/v1/turns", json=body,
+                          headers=headers) as resp,
+        ):
+            events = []
+            async for ev in iter_sse(resp):
+                events.append(ev)
+                if ev.event == "token" and len(events) == 3:
+                    t0 = time.perf_counter()
+                    r = await client.delete(
+                        f"{stack.ingress_url}/v1/turns/{events[0].data['turn_id']}",
+                        headers=headers)
+                    assert r.status_code == 202
+                if ev.event in ("done", "error"):
+                    return events, (time.perf_counter() - t0) * 1000
 
     events, ms = asyncio.run(go())
     assert events[-1].event == "error" and events[-1].data["code"] == "cancelled"

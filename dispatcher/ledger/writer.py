@@ -170,7 +170,9 @@ class LedgerWriter:
         self._policy_registered = policy is None
         self._next_claim = 0.0
         self._claim_cursor = "0-0"
-        self._own_pending_done = False
+        #: paging through this consumer's own pending entries (a restart under the same
+        #: name); None once done
+        self._own_cursor: str | None = "0"
         self._db_down_since: float | None = None
 
     # -- the loop -----------------------------------------------------------------------
@@ -243,12 +245,13 @@ class LedgerWriter:
 
     def _next_entries(self) -> list[Entry]:
         cfg = self.config
-        if not self._own_pending_done:
+        if self._own_cursor is not None:
             # entries this consumer name read before a restart and never acknowledged
-            entries = self._read("0")
+            entries = self._read(self._own_cursor)
             if entries:
+                self._own_cursor = entries[-1][0]
                 return entries
-            self._own_pending_done = True
+            self._own_cursor = None
         now = time.monotonic()
         if now >= self._next_claim:
             claimed = self._claim()

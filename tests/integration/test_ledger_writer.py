@@ -360,6 +360,24 @@ def test_entries_left_pending_by_a_dead_writer_are_taken_over(
     engine.dispose()
 
 
+def test_a_writer_restarted_under_its_name_writes_its_own_pending_entries_once(
+    ledger_redis: redis.Redis, ledger_pg: str, policy: Policy
+) -> None:
+    events = list(TurnFactory(policy, seed=13, spread_s=60).events(500))
+    add(ledger_redis, events)
+    # Given a writer named "test-writer" that read 300 entries in three reads and died
+    ledger_redis.xgroup_create(STREAM, "ledger-writer", id="0", mkstream=True)
+    for _ in range(3):
+        ledger_redis.xreadgroup("ledger-writer", "test-writer", {STREAM: ">"}, count=100)
+    # When it comes back under the same name, reading small batches (its pending ones
+    # page by page, then the rest), with no claiming at all
+    stats = drain(ledger_redis, ledger_pg, policy, batch_size=120, claim_idle_ms=3_600_000)
+    # Then each entry was handled once
+    assert stats.claimed == 0
+    assert (stats.events, stats.inserted, stats.unchanged) == (500, 500, 0)
+    assert ledger_redis.xpending(STREAM, "ledger-writer")["pending"] == 0
+
+
 def test_poison_entries_are_dead_lettered_and_the_rest_written(
     ledger_redis: redis.Redis, ledger_pg: str, policy: Policy
 ) -> None:

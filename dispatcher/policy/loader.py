@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from dispatcher.errors import PolicyError, PolicyProblem
-from dispatcher.policy.models import IntentRule, KeywordRule, Policy, SessionRule
+from dispatcher.policy.models import IntentRule, KeywordRule, Policy, SessionRule, StateRule
 
 
 class _DecimalLoader(yaml.SafeLoader):
@@ -153,6 +153,12 @@ def cross_check(policy: Policy) -> list[PolicyProblem]:
             for j, pat in enumerate(rule.patterns):
                 if (err := _regex_error(pat)) is not None:
                     problems.append(PolicyProblem(f"{where}.patterns[{j}]", err))
+        if isinstance(rule, StateRule):
+            for j, intent in enumerate(rule.unless_intents):
+                if intent not in known_intents:
+                    problems.append(
+                        PolicyProblem(f"{where}.unless_intents[{j}]", f"unknown intent {intent!r}")
+                    )
         if isinstance(rule, SessionRule):
             for j, t in enumerate(rule.from_tiers):
                 if t not in policy.tiers:

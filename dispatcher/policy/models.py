@@ -134,6 +134,8 @@ class StateRule(_Rule):
     max_words: PositiveInt | None = None
     #: a reply that is itself a question ("what's the difference...") is not an answer
     allow_questions: bool = False
+    #: not when the reply shows one of these intents ("actually, can we make it thursday")
+    unless_intents: list[str] = []
 
 
 class ConversationLengthRule(_Rule):

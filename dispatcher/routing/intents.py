@@ -268,6 +268,13 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "thank you kindly",
     ],
     "repeat": [
+        "repeat the",
+        "can you repeat",
+        "could you repeat",
+        "please repeat",
+        "say the",
+        "repeat what you said",
+        "repeat the last",
         "what was that last bit",
         "the last bit",
         "the last step",
@@ -942,6 +949,20 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            paper jam
+            jammed
+            stuck anywhere
+            i opened every
+            says paper
+            got declined
+            was declined
+            card declined
+            declined but
+            keeps getting declined
+            not going through
+            won't go through
+            but i have money
+            bounced
             i've already
             we've already
             what's going on
@@ -1472,6 +1493,9 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            check on my
+            my refund
+            status of my refund
             why fi password
             wi fi password
             out for delivery
@@ -1702,6 +1726,14 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         """),
     ),
     "explain": OpenIntent(
+        gated=(
+            # "what is photosynthesis": one concept to explain
+            _g(
+                "what what's whats define explain",
+                r"^(?:what is|what are|what's|whats|define|explain) (?!(?:your|my|our|the|his|her|"
+                r"their|its|it|that|this|there|up)\b)\w+(?: \w+)?$",
+            ),
+        ),
         phrases=_p("""
             what does it cover
             what does that cover
@@ -1982,6 +2014,19 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             ),
             _g("a b c d e f g h i j k l m n o p q r s t u v w x y z", r"(?:\b[a-z]\b\s?){3,}"),
         ),
+    ),
+    "correction": OpenIntent(
+        phrases=_p("""
+            actually
+            instead
+            change it
+            rather
+            but can
+            but could
+            can we make it
+            could we make it
+            move it
+        """),
     ),
     "follow_up": OpenIntent(
         phrases=_p("""

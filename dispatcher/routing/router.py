@@ -228,6 +228,8 @@ class Router:
                 return None
             if not rule.allow_questions and turn.toks and turn.toks[0] in _QUESTION_OPENERS:
                 return None
+            if any(turn.has_intent(i) for i in rule.unless_intents):
+                return None
             return rule.tier
         if isinstance(rule, ConversationLengthRule):
             return rule.tier if f.conversation_tokens >= rule.min_tokens else None

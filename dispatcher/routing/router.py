@@ -132,7 +132,11 @@ class Router:
             )
             for k, v in gated.items()
         }
-        self._always = dict(always)
+        self._gated = {k: v for k, v in self._gated.items() if v}
+        self._gated_triggers = {
+            k: frozenset().union(*(g.triggers for g in v)) for k, v in self._gated.items()
+        }
+        self._always = {k: v for k, v in always.items() if v}
         self._rules: list[_Compiled] = []
         for rule in policy.rules:
             if isinstance(rule, KeywordRule):
@@ -283,6 +287,7 @@ class _Turn:
     """One turn being routed; intents are found lazily and remembered."""
 
     __slots__ = (
+        "_found_closed",
         "_found_open",
         "_router",
         "_tokset",
@@ -301,6 +306,7 @@ class _Turn:
         self.features: Features = features(text, self.toks, messages)
         self.intents: dict[str, bool] = {}
         self._found_open: set[str] | None = None
+        self._found_closed: set[str] | None = None
         self._tokset: set[str] | None = None
 
     def _trigger_tokens(self) -> set[str]:
@@ -319,7 +325,9 @@ class _Turn:
             return known
         router = self._router
         if intent in router._closed_names:
-            hit = intent in router._closed.labels(self.toks)
+            if self._found_closed is None:
+                self._found_closed = router._closed.labels(self.toks)
+            hit = intent in self._found_closed
         elif intent == "follow_up":
             hit = bool(router._follow_up.labels(self.toks)) or self._gated_hit(intent)
         else:
@@ -331,17 +339,20 @@ class _Turn:
 
     def _gated_hit(self, intent: str) -> bool:
         router = self._router
-        gated = router._gated.get(intent, ())
+        gated = router._gated.get(intent)
         if gated:
             tokset = self._trigger_tokens()
-            for g in gated:
-                if g.min_numbers and self.features.numbers < g.min_numbers:
-                    continue
-                if g.triggers.isdisjoint(tokset):
-                    continue
-                if g.regex.search(self.raw_lower if g.raw else self.norm):
-                    return True
-        return any(p.search(self.norm) for p in router._always.get(intent, ()))
+            # one set test rules out every regex of the intent on most turns
+            if not router._gated_triggers[intent].isdisjoint(tokset):
+                for g in gated:
+                    if g.min_numbers and self.features.numbers < g.min_numbers:
+                        continue
+                    if g.triggers.isdisjoint(tokset):
+                        continue
+                    if g.regex.search(self.raw_lower if g.raw else self.norm):
+                        return True
+        patterns = router._always.get(intent)
+        return bool(patterns) and any(p.search(self.norm) for p in patterns)
 
     def is_whole(self, intents: Sequence[str], allowed: Sequence[str]) -> bool:
         """True when the turn is nothing but these intents' phrases and filler words."""

@@ -1299,6 +1299,16 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            my best options
+            best options
+            what are my choices
+            hacked
+            unauthorized charges
+            purchases i didn't make
+            charges i didn't make
+            fraudulent
+            need to get to
+            by tomorrow morning
             is the following sentence plausible
             what can i do
             on top or
@@ -1477,7 +1487,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             drug interaction
             interact with
             think through
-            walk me through
             break it down
             break this down
             in depth
@@ -1493,6 +1502,17 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            available on
+            available today
+            available tomorrow
+            available this
+            any availability
+            have availability
+            any openings
+            nearest
+            closest
+            where's the
+            where is the
             check on my
             my refund
             status of my refund
@@ -1735,6 +1755,10 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             ),
         ),
         phrases=_p("""
+            what happens next
+            what's next
+            next steps
+            what now
             what does it cover
             what does that cover
             does it cover
@@ -1962,6 +1986,10 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "task_request": OpenIntent(
         phrases=_p("""
+            walk me through
+            show me how to
+            set up
+            setting up
             how do i
             how can i
             i need to

@@ -70,7 +70,7 @@ def router(policy: Policy) -> Router:
         ("what would happen if i miss two payments in a row", "reasoning", "analysis"),
         # default
         ("i'd like to book a table for four on friday at seven", "standard", "task-request"),
-        ("my account was hacked last year", "standard", "default"),
+        ("my sister opened an account here last year", "standard", "default"),
     ],
 )
 def test_turns_without_state(router: Router, text: str, tier: str, rule: str) -> None:

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from dispatcher.bench.command import group_default, load_command
 from dispatcher.errors import PolicyError
-from dispatcher.ledger import cli as ledger_cli
 from dispatcher.policy import Policy, load_policy
 from dispatcher.settings import get_settings
 
@@ -40,10 +39,6 @@ app.add_typer(policy_app, name="policy")
 keys_app = typer.Typer(help="API keys: each maps to a tenant; stored hashed.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
-app.add_typer(ledger_cli.app, name="ledger")
-app.command("migrate")(ledger_cli.migrate_command)
-app.command("ledger-writer")(ledger_cli.writer_command)
-bench_app.command("ledger")(ledger_cli.bench_command)
 bench_app.command("load")(load_command)
 bench_app.callback(invoke_without_command=True)(group_default(load_command))
 
@@ -378,8 +373,25 @@ def sim(
     run(host, port, SimDefaults(ttft_ms=ttft_ms, itl_ms=itl_ms, tokens=tokens), log_level)
 
 
-def main() -> None:
-    app()
+_LEDGER_COMMANDS = frozenset({"ledger", "migrate", "ledger-writer", "bench"})
+
+
+def _add_ledger_commands() -> None:
+    from dispatcher.ledger import cli as ledger_cli
+
+    app.add_typer(ledger_cli.app, name="ledger")
+    app.command("migrate")(ledger_cli.migrate_command)
+    app.command("ledger-writer")(ledger_cli.writer_command)
+    bench_app.command("ledger")(ledger_cli.bench_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    # The ledger's commands import SQLAlchemy (most of a second): add them only when the
+    # command line may need them, so that `dispatcher route` and the like start fast.
+    if not args or args[0] in _LEDGER_COMMANDS or args[0].startswith("-"):
+        _add_ledger_commands()
+    app(args=args)
 
 
 if __name__ == "__main__":

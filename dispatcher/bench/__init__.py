@@ -8,13 +8,18 @@
 * :mod:`~dispatcher.bench.report`, :mod:`~dispatcher.bench.command`: table, plot, CLI.
 """
 
-from dispatcher.bench.runner import LoadBenchConfig, run_load_bench
+from typing import Any
 
 __all__ = ["LoadBenchConfig", "load_command", "run_load_bench"]
 
 
-def __getattr__(name: str) -> object:
-    # the typer command pulls in typer and rich; import it only when asked for
+def __getattr__(name: str) -> Any:
+    # the runner pulls in httpx, redis and the stack launcher, the command typer and rich:
+    # import them only when asked for, so that `dispatcher route` starts fast
+    if name in ("LoadBenchConfig", "run_load_bench"):
+        from dispatcher.bench import runner
+
+        return getattr(runner, name)
     if name == "load_command":
         from dispatcher.bench.command import load_command
 

@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dispatcher.bench.report import plot, results_table, targets_table
-from dispatcher.bench.runner import DEFAULT_TEXT, ENDPOINTS, LoadBenchConfig, run_load_bench
+# the runner and the report pull in httpx, redis and matplotlib: they are imported when the
+# command runs, so that `dispatcher route` and friends start fast
+from dispatcher.bench.defaults import DEFAULT_TEXT, ENDPOINTS
 from dispatcher.errors import DispatcherError
 
 #: exit codes, as dispatcher.cli's
@@ -67,6 +68,9 @@ def load_command(
     ] = None,
 ) -> None:
     """Load test: closed-loop streams direct to the simulator, then through the dispatcher."""
+    from dispatcher.bench.report import plot, results_table, targets_table
+    from dispatcher.bench.runner import LoadBenchConfig, run_load_bench
+
     config = LoadBenchConfig(
         concurrency=tuple(concurrency or (1, 10, 50, 200)),
         turns=turns,

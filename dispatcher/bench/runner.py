@@ -27,6 +27,7 @@ import redis
 
 from dispatcher.bench import procs
 from dispatcher.bench.client import Target, openai_target, turns_target
+from dispatcher.bench.defaults import DEFAULT_TEXT, ENDPOINTS
 from dispatcher.bench.load import PhaseRun, run_phase
 from dispatcher.bench.stats import difference, summarize
 from dispatcher.bench.targets import check_targets
@@ -34,8 +35,6 @@ from dispatcher.errors import ConfigError
 from dispatcher.providers import SIM_KEY
 
 #: A short FAQ-style voice turn: the router sends it to the fast tier.
-DEFAULT_TEXT = "what time do you close on sundays"
-ENDPOINTS = ("chat", "turns")
 BENCH_TENANT = "bench"
 
 #: (phase name, turns done so far, turns in the phase) -> None; for progress bars.

@@ -32,6 +32,7 @@ class TurnJob(TypedDict):
     confidence: float
     params: ChatParams
     received_at: float  # epoch seconds, when the ingress got the request
+    enqueued_at: NotRequired[float]  # epoch seconds, when it was pushed on the queue
     deadline_at: float  # epoch seconds; the turn's budget runs from its arrival
     policy_version: str
     speculative: bool

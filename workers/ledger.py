@@ -91,6 +91,7 @@ def ledger_event(
         "cost_usd": money(cost),
         "baseline_cost_usd": money(baseline_cost),
         "received_at": received,
+        "enqueued_at": job.get("enqueued_at"),
         "started_at": started_at,
         "first_token_at": first_token_at,
         "finished_at": finished_at,

@@ -163,6 +163,8 @@ def build_job(
         confidence=decision.confidence,
         params=params,
         received_at=turn.received_at,
+        # the message is built and pushed right after this, in the same Lua call
+        enqueued_at=time.time(),
         deadline_at=turn.received_at + spec.deadline_ms / 1000,
         policy_version=policy.version or "",
         speculative=turn.speculative,

@@ -142,11 +142,12 @@ def cross_check(policy: Policy) -> list[PolicyProblem]:
         if rule.tier not in policy.tiers:
             problems.append(PolicyProblem(f"{where}.tier", f"unknown tier {rule.tier!r}"))
         if isinstance(rule, IntentRule):
-            for j, intent in enumerate(rule.intents):
-                if intent not in known_intents:
-                    problems.append(
-                        PolicyProblem(f"{where}.intents[{j}]", f"unknown intent {intent!r}")
-                    )
+            for field in ("intents", "also_allow", "unless_intents"):
+                for j, intent in enumerate(getattr(rule, field)):
+                    if intent not in known_intents:
+                        problems.append(
+                            PolicyProblem(f"{where}.{field}[{j}]", f"unknown intent {intent!r}")
+                        )
         if isinstance(rule, KeywordRule):
             if not rule.keywords and not rule.patterns:
                 problems.append(PolicyProblem(where, "a keyword rule needs keywords or patterns"))

@@ -115,6 +115,8 @@ class IntentRule(_Rule):
     max_conversation_tokens: NonNegativeInt | None = None
     #: the turn must end with one of the intents' phrases ("... i'll try that tonight bye")
     at_end: bool = False
+    #: not when the turn also shows one of these intents
+    unless_intents: list[str] = []
     #: for closed intents: only phrases of at least this many words count ("hold on", not
     #: "wait"), so that a short turn that merely contains one is recognised
     min_phrase_words: PositiveInt = 1

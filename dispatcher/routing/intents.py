@@ -797,6 +797,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "math": OpenIntent(
         phrases=_p("""
+            kilometers to miles
+            miles to kilometers
+            pounds to kilograms
+            sum of all
+            even numbers
+            odd numbers
             which one's cheaper
             times as many
             times as much
@@ -937,6 +943,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
                 r"\\frac|\\sqrt|\^\{|\\le\b|\\ge\b|\\cdot|\\pi|\$[^$\n]*[=^<>][^$\n]*\$",
                 raw=True,
             ),
+            _g("convert degrees", r"\b(?:convert|degrees)\b", min_numbers=1),
             # a multiple-choice question with quantities in it is a calculation
             _g(NUM, r"(?:^|\n|\s)\(?[b-d][).:]\s*[-$]?\d", min_numbers=3, raw=True),
             # many quantities and a "how much": a word problem, even without relation words
@@ -949,6 +956,14 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            locked out
+            password is wrong
+            says my password
+            i just reset
+            just reset it
+            won't let me log in
+            can't log in
+            cannot log in
             paper jam
             jammed
             stuck anywhere
@@ -1502,6 +1517,16 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            how late
+            open tonight
+            open till
+            open until
+            can i bring
+            can i park
+            are dogs allowed
+            dogs allowed
+            pets
+            pet policy
             available on
             available today
             available tomorrow
@@ -1800,6 +1825,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "trivia": OpenIntent(
         phrases=_p("""
+            name three
+            name two
+            name four
+            name five
+            name the
             in which year
             in what year
             in which sport
@@ -1986,6 +2016,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "task_request": OpenIntent(
         phrases=_p("""
+            put me on
+            sign me up
+            add me to
+            can you add
+            can you put
             walk me through
             show me how to
             set up
@@ -2045,6 +2080,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "correction": OpenIntent(
         phrases=_p("""
+            i moved
+            not my
+            anymore
+            that's not
+            wrong address
+            new address
             actually
             instead
             change it

@@ -205,6 +205,10 @@ class Router:
                 and f.conversation_tokens > rule.max_conversation_tokens
             ):
                 return None
+            if rule.unless_intents and any(turn.has_intent(i) for i in rule.unless_intents):
+                return None
+            if rule.unless_intents and any(turn.has_intent(i) for i in rule.unless_intents):
+                return None
             if rule.whole:
                 return rule.tier if turn.is_whole(rule.intents, rule.also_allow) else None
             if rule.min_phrase_words > 1:

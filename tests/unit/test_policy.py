@@ -83,6 +83,8 @@ def test_cost_is_exact(usage: Usage, expected: Decimal) -> None:
         (lambda d: d["rules"][0].update(tier="turbo"), "rules[0].tier: unknown tier 'turbo'"),
         (lambda d: d["rules"][0].update(intents=["astrology"]),
          "rules[0].intents[0]: unknown intent 'astrology'"),
+        (lambda d: d["rules"][0].update(unless_intents=["gossip"]),
+         "rules[0].unless_intents[0]: unknown intent 'gossip'"),
         (lambda d: d["rules"].append({"name": "summarize-request", "kind": "features",
                                       "tier": "fast", "max_words": 1}),
          "duplicate rule name 'summarize-request'"),

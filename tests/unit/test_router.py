@@ -98,6 +98,11 @@ def test_turns_without_state(router: Router, text: str, tier: str, rule: str) ->
             "standard",
             "default",
         ),
+        # a correction is not a short answer, nor an FAQ lookup
+        ("nope that's not my address anymore i moved to 55 elm street",
+         {"last_bot_act": "confirm_details"}, "standard", "default"),
+        ("um actually can we make it thursday instead", {"last_bot_act": "confirm_details"},
+         "standard", "default"),
         # a short answer that reports a fault is still troubleshooting
         ("no it still doesn't work", {"last_bot_act": "ask_yes_no"}, "reasoning",
          "troubleshooting"),

@@ -268,6 +268,12 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "thank you kindly",
     ],
     "repeat": [
+        "spell that",
+        "spell it",
+        "could you spell that",
+        "can you spell that",
+        "spell that for me",
+        "could you spell that for me",
         "repeat the",
         "can you repeat",
         "could you repeat",
@@ -956,6 +962,14 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            says delivered
+            it's not here
+            didn't get it
+            never arrived
+            never received
+            hasn't arrived
+            missing package
+            package is missing
             locked out
             password is wrong
             says my password
@@ -1200,6 +1214,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             ),
         ),
         phrases=_p("""
+            would be better
             be cheaper
             work out cheaper
             cheaper overall
@@ -1314,6 +1329,14 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            chest pain
+            shortness of breath
+            can't breathe
+            trouble breathing
+            allergic reaction
+            overdose
+            unconscious
+            severe pain
             my best options
             best options
             what are my choices
@@ -1517,6 +1540,12 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            when's my
+            when is my next
+            do i need to
+            can i split
+            split the payment
+            two cards
             how late
             open tonight
             open till
@@ -2015,6 +2044,7 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
         """),
     ),
     "task_request": OpenIntent(
+        gated=(_g("need", r"(?<!do )\bi need to\b"),),
         phrases=_p("""
             put me on
             sign me up
@@ -2027,7 +2057,6 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             setting up
             how do i
             how can i
-            i need to
             i want to
             i'd like to
             i would like to

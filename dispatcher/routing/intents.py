@@ -1329,6 +1329,14 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            evaluating
+            an argument
+            analytical
+            could be the reasons
+            what could be the
+            possible reasons
+            what are the reasons
+            odd one out
             chest pain
             shortness of breath
             can't breathe
@@ -1767,6 +1775,9 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "transform": OpenIntent(
         phrases=_p("""
+            on a scale of
+            rate each
+            score each
             sort these
             into categories
             sort the

@@ -406,6 +406,13 @@ CLOSED_INTENTS: dict[str, list[str]] = {
         "cancel please",
     ],
     "agent": [
+        "can i speak with",
+        "can i speak to",
+        "can i talk to",
+        "speak with the pharmacist",
+        "the pharmacist",
+        "speak with a manager",
+        "speak with someone",
         "transfer me to billing",
         "talk to a real person",
         "i just want to talk to a real person",
@@ -962,6 +969,16 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "troubleshooting": OpenIntent(
         phrases=_p("""
+            power's out
+            power's been out
+            been out since
+            neighbors have power
+            has been out
+            keeps giving
+            giving me an error
+            gives me an error
+            an error when
+            error when i
             says delivered
             it's not here
             didn't get it
@@ -1282,6 +1299,9 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
             ),
         ),
         phrases=_p("""
+            help figuring out
+            figuring out which
+            figure out which
             plan a
             plan my
             plan the
@@ -1329,6 +1349,11 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "analysis": OpenIntent(
         phrases=_p("""
+            wasn't me
+            it wasn't me
+            i didn't authorize
+            didn't authorize
+            used in another state
             evaluating
             an argument
             analytical
@@ -1548,6 +1573,9 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
     "faq": OpenIntent(
         phrases=_p("""
+            soonest
+            earliest
+            next available
             when's my
             when is my next
             do i need to

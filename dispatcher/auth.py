@@ -10,10 +10,11 @@ them with ``asyncio.run``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -105,3 +106,16 @@ def _aw(result: Awaitable[T] | T) -> Awaitable[T]:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def with_redis(redis_url: str, fn: Callable[[Redis], Awaitable[T]]) -> T:
+    """Run ``fn(redis)`` on a fresh event loop and client (for commands, not the app)."""
+
+    async def go() -> T:
+        client = Redis.from_url(redis_url)
+        try:
+            return await fn(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())

@@ -252,10 +252,11 @@ def serve(
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
     """Run the ingress API (FastAPI on uvicorn)."""
-    import importlib.util
-
     import uvicorn
 
+    from dispatcher.serving import loop_and_http
+
+    loop, http = loop_and_http()
     uvicorn.run(
         "dispatcher.api.app:create_app",
         factory=True,
@@ -263,8 +264,8 @@ def serve(
         port=port,
         workers=workers,
         log_level=log_level,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop=loop,
+        http=http,
         access_log=False,
     )
 
@@ -289,22 +290,14 @@ def worker(
 
 
 def _with_redis(fn):  # type: ignore[no-untyped-def]
-    """Run ``fn(redis)`` against the Redis of the settings, on a fresh event loop."""
-    import asyncio
+    """Run ``fn(redis)`` against the Redis of the settings."""
+    from dispatcher.auth import with_redis
 
-    import redis.asyncio as aioredis
-
-    async def go():  # type: ignore[no-untyped-def]
-        client = aioredis.Redis.from_url(get_settings().redis_url)
-        try:
-            return await fn(client)
-        finally:
-            await client.aclose()
-
+    url = get_settings().redis_url
     try:
-        return asyncio.run(go())
+        return with_redis(url, fn)
     except OSError as exc:
-        err.print(f"cannot reach Redis at {get_settings().redis_url}: {exc}")
+        err.print(f"cannot reach Redis at {url}: {exc}")
         raise typer.Exit(Exit.FAILED) from None
 
 

@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import orjson
 
+from dispatcher.providers.sse import aiter_sse
+
 
 @dataclass
 class SseEvent:
@@ -21,23 +23,8 @@ class SseEvent:
 
 async def iter_sse(response: httpx.Response) -> AsyncIterator[SseEvent]:
     """Server-sent events of a streamed response, data decoded as JSON."""
-    event, ident, data = "message", None, []
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield SseEvent(event, ident, orjson.loads("\n".join(data)))
-            event, ident, data = "message", None, []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "id":
-            ident = value
-        elif name == "data":
-            data.append(value)
+    async for ev in aiter_sse(response.aiter_bytes()):
+        yield SseEvent(ev.event, ev.id, orjson.loads(ev.data))
 
 
 @dataclass

@@ -185,18 +185,9 @@ def run_demo(console: Console) -> int:
 
 
 def _create_key(redis_url: str) -> str:
-    import redis.asyncio as aioredis
+    from dispatcher.auth import create_key, with_redis
 
-    from dispatcher.auth import create_key
-
-    async def go() -> str:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            return await create_key(client, "demo")
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+    return with_redis(redis_url, lambda r: create_key(r, "demo"))
 
 
 def _show_ledger(database_url: str, since: datetime, turns: int, console: Console) -> None:

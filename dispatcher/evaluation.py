@@ -7,7 +7,7 @@ A dataset is JSON lines with ``text``, optional ``messages``, ``state``, ``sessi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -218,16 +218,3 @@ def parse_state_pairs(pairs: list[str]) -> dict[str, str]:
             raise ValueError(f"--state {pair!r}: expected key=value")
         state[key.strip()] = value.strip()
     return state
-
-
-def summarise_mistakes(report: Report, limit: int = 20) -> list[Mapping[str, Any]]:
-    return [
-        {
-            "id": ex.id,
-            "text": ex.text[:120],
-            "expected": ex.expected_tier,
-            "routed": d.tier,
-            "rule": d.rule,
-        }
-        for ex, d in report.mistakes[:limit]
-    ]

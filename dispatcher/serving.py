@@ -21,13 +21,18 @@ import uvicorn
 START_TIMEOUT_S = 10.0
 
 
+def loop_and_http() -> tuple[str, str]:
+    """uvloop and httptools when installed: they roughly double the streams a core carries."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
 def uvicorn_config(
     app: Any, host: str, port: int, log_level: str, *,
     lifespan: Literal["on", "off"] = "on", **extra: Any,
 ) -> uvicorn.Config:
-    # uvloop and httptools roughly double the streams one core can carry.
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop, http = loop_and_http()
     return uvicorn.Config(
         app, host=host, port=port, loop=loop, http=http, ws="none", lifespan=lifespan,
         log_level=log_level, access_log=False, backlog=4096, **extra,

@@ -14,10 +14,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -49,7 +48,6 @@ class Child:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
-    _ready: threading.Event = field(default_factory=threading.Event)
 
     def output(self) -> str:
         try:

@@ -201,21 +201,3 @@ class SessionDailyRollup(_RollupMetrics, Base):
     session_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
-
-
-ROLLUP_METRICS = (
-    "turns",
-    "completed",
-    "failed",
-    "cancelled",
-    "refused",
-    "speculative",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "baseline_cost_usd",
-    "cancelled_speculative_cost_usd",
-    "ttft_count",
-)

@@ -2217,6 +2217,4 @@ OPEN_INTENTS: dict[str, OpenIntent] = {
     ),
 }
 
-CLOSING_INTENTS = ("thanks", "farewell")
-
 BUILTIN_INTENTS = frozenset(CLOSED_INTENTS) | frozenset(OPEN_INTENTS)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -100,7 +101,7 @@ def stream_writer(
     async def write(send: Send) -> None:
         loop = asyncio.get_running_loop()
         stats = record.stats
-        try:
+        with _settles(record):
             await send({"type": "http.response.start", "status": 200, "headers": script.headers})
             record.add_input(input_tokens)
             for event in script.head:
@@ -140,12 +141,6 @@ def stream_writer(
                 await send(_chunk(event))
             await send({"type": "http.response.body", "body": tail[-1] if tail else b""})
             record.finish("completed")
-        except asyncio.CancelledError:
-            record.finish("cancelled")
-            raise
-        except BaseException:
-            record.finish("failed")
-            raise
 
     return write
 
@@ -169,7 +164,7 @@ def complete_writer(
 
     async def write(send: Send) -> None:
         loop = asyncio.get_running_loop()
-        try:
+        with _settles(record):
             delay = start + delay_s - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -193,14 +188,22 @@ def complete_writer(
             await send({"type": "http.response.body", "body": reply.body})
             record.stats.output_tokens += output_tokens
             record.finish("completed")
-        except asyncio.CancelledError:
-            record.finish("cancelled")
-            raise
-        except BaseException:
-            record.finish("failed")
-            raise
 
     return write
+
+
+@contextmanager
+def _settles(record: CallRecord) -> Iterator[None]:
+    """A call that ends by cancellation counts as cancelled, by any other exception as
+    failed (``finish`` keeps the first outcome, so explicit ones stand)."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        record.finish("cancelled")
+        raise
+    except BaseException:
+        record.finish("failed")
+        raise
 
 
 def hang_writer(record: CallRecord) -> Writer:

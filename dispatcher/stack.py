@@ -130,10 +130,12 @@ def wait_until(
 
 
 def _wait_for_workers(broker_url: str, workers: list[Child], timeout: float = 60) -> None:
-    """Until every worker answers a Celery ping over the broker."""
-    from celery import Celery
+    """Until every worker process announced itself in Redis (``workers.resources``)."""
+    import orjson
+    import redis
 
-    probe = Celery("dispatcher-stack-probe", broker=broker_url)
+    prefix = "dispatcher:workers:"
+    client = redis.Redis.from_url(broker_url)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -142,12 +144,22 @@ def _wait_for_workers(broker_url: str, workers: list[Child], timeout: float = 60
                     raise ConfigError(
                         f"{w.name} exited with {w.proc.returncode}:\n{w.output()[-2000:]}"
                     )
-            replies = probe.control.ping(timeout=0.5) or []
-            if len(replies) >= len(workers):
+            pids = {w.proc.pid for w in workers}
+            up = set()
+            for key in client.scan_iter(match=prefix + "*", count=1000):
+                raw = client.get(key)
+                if raw is None:
+                    continue
+                record = orjson.loads(raw)
+                for pid in (record.get("pid"), record.get("ppid")):
+                    if pid in pids:
+                        up.add(pid)
+            if len(up) >= len(pids):
                 return
+            time.sleep(0.1)
         raise ConfigError(f"only some workers answered within {timeout:.0f} s")
     finally:
-        probe.close()
+        client.close()
 
 
 def _http_ok(url: str) -> bool:
@@ -162,6 +174,7 @@ def running_stack(
     tiers: Sequence[str] = ("fast", "standard", "reasoning", "long_context"),
     sim_args: Sequence[str] = (),
     worker_concurrency: int | None = None,
+    worker_args: Sequence[str] = (),
     ingress_workers: int = 1,
     ledger_writer: bool = True,
     policy: str | None = None,
@@ -236,6 +249,7 @@ def running_stack(
             argv = [py, "-m", "workers", "--tier", tier, "--loglevel", "warning"]
             if worker_concurrency:
                 argv += ["--concurrency", str(worker_concurrency)]
+            argv += list(worker_args)
             workers.append(launcher.start(f"worker-{tier}", argv))
 
         port = free_port()

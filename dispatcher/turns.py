@@ -38,3 +38,16 @@ class TurnJob(TypedDict):
     speculative: bool
     text_chars: int  # length of the user's turn (the ledger keeps lengths, not text)
     text_sha256: str
+
+
+def job_problem(job: Any) -> str | None:
+    """What makes ``job`` unusable as a :class:`TurnJob`, or None if it can run."""
+    if not isinstance(job, dict):
+        return f"the job is a {type(job).__name__}, not an object"
+    missing = [k for k in ("turn_id", "tier", "params", "received_at", "deadline_at")
+               if k not in job]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if not isinstance(job["params"], dict):
+        return "params is not an object"
+    return None

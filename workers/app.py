@@ -89,17 +89,18 @@ def celery_config(settings: Settings, policy: Policy) -> dict[str, Any]:
     }
 
 
-def configure_celery(app: Celery, settings: Settings) -> None:
+def configure_celery(app: Celery, settings: Settings,
+                     identity: dict[str, Any] | None = None) -> None:
     """Apply the workers' configuration to ``app`` and remember ``settings`` for startup."""
     policy = load_policy(settings.policy)
     app.conf.update(celery_config(settings, policy))
-    host.configure(settings)
+    host.configure(settings, identity or {"engine": "celery"})
 
 
-def create_celery(settings: Settings) -> Celery:
+def create_celery(settings: Settings, identity: dict[str, Any] | None = None) -> Celery:
     """A configured app with the ``dispatcher.run_turn`` task registered."""
     app = Celery("workers", set_as_current=False)
-    configure_celery(app, settings)
+    configure_celery(app, settings, identity)
     tasks.register(app)
     _connect_lifecycle()
     return app

@@ -1,7 +1,11 @@
-"""``python -m workers --tier fast [--concurrency N] [--loglevel info]``: one worker process.
+"""``python -m workers --tier fast [--processes N] [--concurrency N] [--engine native|celery]``.
 
-Consumes ``turns.<tier>`` (``--tier`` may be repeated) with the threads pool; see
-:mod:`workers.resources` for why. ``dispatcher worker --tier ...`` execs this.
+Consumes ``turns.<tier>`` (``--tier`` may be repeated). The default ``native`` engine
+takes the Celery messages on the process's event loop (:mod:`workers.consumer`); the
+``celery`` engine runs a Celery worker with the threads pool (:mod:`workers.resources`
+says why that pool). Both read the same queues and may run side by side.
+``--processes N`` runs N such processes under a supervisor (:mod:`workers.native`).
+``dispatcher worker --tier ...`` execs this.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dispatcher.errors import ConfigError, PolicyError
 from dispatcher.policy import load_policy
 from dispatcher.settings import get_settings
 from workers.app import DEFAULT_CONCURRENCY, create_celery
+from workers.native import DEFAULT_GRACE_S, configure_logging, pool_argv, run_pool, run_process
 
 
 class Exit(IntEnum):
@@ -35,16 +40,34 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONCURRENCY,
         help=f"turns held at once by this process (default {DEFAULT_CONCURRENCY})",
     )
+    p.add_argument(
+        "--engine",
+        choices=("native", "celery"),
+        default="native",
+        help="native: the event loop takes the Celery messages itself (default); "
+        "celery: a Celery worker with the threads pool",
+    )
+    p.add_argument(
+        "--processes", type=int, default=1, help="worker processes for these tiers (default 1)"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_S,
+        help=f"seconds running turns get after a stop signal (native; default {DEFAULT_GRACE_S:g})",
+    )
     p.add_argument("--loglevel", default="info", help="debug, info, warning, error")
     p.add_argument("--hostname", default=None, help="Celery node name (default tier-pid@host)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.concurrency < 1:
-        sys.stderr.write(f"--concurrency must be at least 1, got {args.concurrency}\n")
-        return Exit.USAGE
+    for name in ("concurrency", "processes"):
+        if getattr(args, name) < 1:
+            sys.stderr.write(f"--{name} must be at least 1, got {getattr(args, name)}\n")
+            return Exit.USAGE
     settings = get_settings()
     try:
         policy = load_policy(settings.policy)
@@ -58,10 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"known: {', '.join(policy.tiers)}\n"
         )
         return Exit.USAGE
+    if args.processes > 1:
+        configure_logging(args.loglevel)
+        return run_pool(pool_argv(argv), args.processes)
+    identity = {"engine": args.engine, "tiers": list(args.tier), "concurrency": args.concurrency}
+    if args.engine == "native":
+        configure_logging(args.loglevel)
+        try:
+            return run_process(settings, policy, args.tier, args.concurrency, args.grace)
+        except (ConfigError, OSError) as exc:
+            sys.stderr.write(f"the worker could not start: {exc}\n")
+            return Exit.FAILED
     queues = ",".join(policy.queue(t) for t in args.tier)
     hostname = args.hostname or f"{'+'.join(args.tier)}-{os.getpid()}@%h"
     try:
-        app = create_celery(settings)
+        app = create_celery(settings, identity)
         app.worker_main(
             [
                 "worker",

@@ -40,11 +40,13 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import httpx
+import orjson
 import redis.asyncio as aioredis
 
 from dispatcher import resp
@@ -66,6 +68,12 @@ START_TIMEOUT_S = 30.0
 UNCLAIMED_CANCEL_S = 60.0
 #: How long to wait before resubscribing after the cancel subscription broke.
 RESUBSCRIBE_DELAY_S = 0.5
+#: A worker process announces itself under ``WORKER_KEY_PREFIX + worker id`` (JSON: pid,
+#: parent pid, host, engine, tiers, concurrency, running turns), refreshed every
+#: ``ANNOUNCE_EVERY_S``; the key expires ``ANNOUNCE_TTL_S`` after the process stops.
+WORKER_KEY_PREFIX = "dispatcher:workers:"
+ANNOUNCE_EVERY_S = 5.0
+ANNOUNCE_TTL_S = 15
 
 
 class Resources:
@@ -78,8 +86,11 @@ class Resources:
         http: httpx.AsyncClient,
         redis: aioredis.Redis,
         clients: dict[str, HttpAdapter],
+        identity: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
+        #: what the announcement says besides the pid and the running count (tiers, engine)
+        self.identity = dict(identity or {})
         self.policy = policy
         self.http = http
         self.redis = redis
@@ -106,7 +117,8 @@ class Resources:
         self._background: list[asyncio.Task[None]] = []
 
     @classmethod
-    async def open(cls, settings: Settings, policy: Policy | None = None) -> Resources:
+    async def open(cls, settings: Settings, policy: Policy | None = None,
+                   identity: dict[str, Any] | None = None) -> Resources:
         """Build the clients on the running loop and start the background tasks."""
         policy = policy or load_policy(settings.policy)
         http = new_http_client()
@@ -124,7 +136,7 @@ class Resources:
             await http.aclose()
             await redis.aclose()
             raise
-        res = cls(settings, policy, http, redis, clients)
+        res = cls(settings, policy, http, redis, clients, identity)
         await res._start_background()
         log.info(
             "worker %s: %d providers, policy %s, sim %s",
@@ -139,10 +151,12 @@ class Resources:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.redis.delete(WORKER_KEY_PREFIX + self.worker_id)
         await self.http.aclose()
         if self.pipeline is not None:
             await self.pipeline.aclose()
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
 
     def new_owner(self) -> str:
         """A unique owner id for one execution of one turn."""
@@ -178,6 +192,7 @@ class Resources:
         self._background = [
             asyncio.create_task(self._listen_cancels(subscribed), name="cancel-listener"),
             asyncio.create_task(self._renew_leases(), name="lease-renewer"),
+            asyncio.create_task(self._announce(), name="announcer"),
         ]
         # A turn must not start before cancels can reach it.
         await asyncio.wait_for(subscribed.wait(), START_TIMEOUT_S)
@@ -201,6 +216,23 @@ class Resources:
             except Exception as exc:
                 log.warning("cancel subscription lost (%r); resubscribing", exc)
                 await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+
+    async def _announce(self) -> None:
+        key = WORKER_KEY_PREFIX + self.worker_id
+        while True:
+            record = {
+                **self.identity,
+                "pid": os.getpid(),
+                "ppid": os.getppid(),
+                "host": socket.gethostname(),
+                "running": len(self.running),
+                "at": time.time(),
+            }
+            try:
+                await self.redis.set(key, orjson.dumps(record), ex=ANNOUNCE_TTL_S)
+            except Exception as exc:
+                log.warning("announcing the worker failed (%r)", exc)
+            await asyncio.sleep(ANNOUNCE_EVERY_S)
 
     async def _recheck_cancels(self) -> None:
         """Cancels published while the subscription was down are still in their keys."""
@@ -252,14 +284,17 @@ class ProcessLoop:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._settings: Settings | None = None
+        self._identity: dict[str, Any] = {}
         self._pid: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._resources: Resources | None = None
 
-    def configure(self, settings: Settings) -> None:
+    def configure(self, settings: Settings, identity: dict[str, Any] | None = None) -> None:
         """Remember the settings the worker started with (used by :meth:`start`)."""
         self._settings = settings
+        if identity is not None:
+            self._identity = dict(identity)
 
     def start(self) -> Resources:
         """Start the loop and open the resources, once per process (idempotent)."""
@@ -273,7 +308,8 @@ class ProcessLoop:
                 target=self._run, args=(loop,), name="dispatcher-io", daemon=True
             )
             thread.start()
-            future = asyncio.run_coroutine_threadsafe(Resources.open(settings), loop)
+            future = asyncio.run_coroutine_threadsafe(
+                Resources.open(settings, identity=self._identity), loop)
             try:
                 resources = future.result(START_TIMEOUT_S)
             except BaseException:

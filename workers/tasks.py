@@ -14,24 +14,18 @@ from typing import Any
 
 from celery import Celery  # type: ignore[import-untyped]
 
-from dispatcher.turns import RUN_TURN_TASK, TurnJob
+from dispatcher.turns import RUN_TURN_TASK, TurnJob, job_problem
 from workers.execute import execute
 from workers.resources import host
 
 log = logging.getLogger(__name__)
 
-_REQUIRED = ("turn_id", "tier", "params", "received_at", "deadline_at")
-
-
 def run_turn(job: dict[str, Any]) -> None:
     """Run one turn; malformed jobs are logged and dropped (they cannot be published)."""
-    missing = [key for key in _REQUIRED if key not in job]
-    if missing or not isinstance(job.get("params"), dict):
-        log.error(
-            "turn %s: malformed job dropped (missing %s)",
-            job.get("turn_id", "?"),
-            ", ".join(missing) or "params",
-        )
+    problem = job_problem(job)
+    if problem is not None:
+        turn_id = job.get("turn_id", "?") if isinstance(job, dict) else "?"
+        log.error("turn %s: malformed job dropped (%s)", turn_id, problem)
         return
     resources = host.start()  # a no-op once the worker has started it
     host.run(execute(TurnJob(**job), resources))  # type: ignore[typeddict-item]

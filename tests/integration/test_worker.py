@@ -1,7 +1,9 @@
-"""The worker end to end: a real Celery worker process, real Redis, the real simulator.
+"""The worker end to end: a real worker process, real Redis, the real simulator.
 
-One worker (``python -m workers --tier ...``, threads pool) runs for the whole module
-against Redis DB 5 (flushed first) and the session's simulator. Each test plays the
+One worker (``python -m workers --tier ...``) runs for the whole module against Redis DB 5
+(flushed first) and the session's simulator; every test runs once against each engine:
+``native`` (the event loop takes the Celery messages) and ``celery`` (a Celery worker with
+the threads pool). Each test plays the
 ingress: it writes the turn's ``route`` event (seq 0), sends ``dispatcher.run_turn`` by
 name on the tier's queue, and reads the turn's buffer and the ledger stream.
 
@@ -115,8 +117,9 @@ def policy(policy_file: Path) -> Policy:
 class WorkerProcess:
     """A ``python -m workers`` subprocess whose output is collected in the background."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        args = [sys.executable, "-m", "workers", "--loglevel", "info"]
+    def __init__(self, env: dict[str, str], engine: str) -> None:
+        self.engine = engine
+        args = [sys.executable, "-m", "workers", "--loglevel", "info", "--engine", engine]
         for tier in TIERS:
             args += ["--tier", tier]
         self.lines: list[str] = []
@@ -131,7 +134,7 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
-            if " ready." in line:
+            if " ready." in line or " ready:" in line:
                 self.ready.set()
 
     def output(self) -> str:
@@ -149,8 +152,10 @@ class WorkerProcess:
             self.proc.stdout.close()
 
 
-@pytest.fixture(scope="module")
-def worker(redis_url: str, sim_url: str, policy_file: Path) -> Iterator[WorkerProcess]:
+@pytest.fixture(scope="module", params=["native", "celery"])
+def worker(
+    request: pytest.FixtureRequest, redis_url: str, sim_url: str, policy_file: Path
+) -> Iterator[WorkerProcess]:
     env = dict(os.environ)
     env.update(
         DISPATCHER_REDIS_URL=redis_url,
@@ -158,7 +163,7 @@ def worker(redis_url: str, sim_url: str, policy_file: Path) -> Iterator[WorkerPr
         DISPATCHER_POLICY=str(policy_file),
         PYTHONUNBUFFERED="1",
     )
-    proc = WorkerProcess(env)
+    proc = WorkerProcess(env, request.param)
     try:
         if not proc.ready.wait(30):
             pytest.fail(f"the worker did not start:\n{proc.output()}")
@@ -674,3 +679,74 @@ def _eventually(check: Any, timeout: float = 5.0, step: float = 0.01) -> None:
             return
         time.sleep(step)
     raise AssertionError("condition not met in time")
+
+
+# -- the queue's bookkeeping: what a dead consumer leaves, what cannot be run -----------------
+
+
+def test_message_left_unacked_by_a_dead_consumer_is_restored_and_run(
+    turns: Turns, redis_url: str, policy_file: Path
+) -> None:
+    import asyncio
+
+    from dispatcher.api.enqueue import TaskMessages
+    from workers.app import visibility_timeout
+    from workers.consumer import TAKE, UNACKED, UNACKED_INDEX, Consumer
+    from workers.resources import Resources
+
+    # Given a turn whose message a consumer took (kombu's unacked record, written by the
+    # native engine's own TAKE script) long ago, and then died without acking it
+    job = turns.job()
+    turns.route(job)
+    queue = turns.policy.queue("fast")
+    message = TaskMessages().build(
+        RUN_TURN_TASK, [job], task_id=job["turn_id"], queue=queue, argsrepr="(...)"
+    )
+    dead = f"dead-consumer-{uuid.uuid4().hex[:6]}"
+    turns.r.lpush(dead, message)
+    long_ago = time.time() - visibility_timeout(turns.policy) - 60
+    taken = turns.r.eval(TAKE, 3, UNACKED, UNACKED_INDEX, dead, repr(long_ago))
+    tag = taken[2].decode()
+    assert turns.r.hexists(UNACKED, tag) and turns.events(job["turn_id"])[-1]["type"] == "route"
+
+    # When a consumer looks for messages past the visibility timeout
+    async def restore() -> int:
+        settings = Settings(redis_url=redis_url, policy=policy_file)
+        res = await Resources.open(settings, turns.policy)
+        try:
+            consumer = Consumer(res, [queue], 1, visibility_timeout(turns.policy))
+            return await consumer.restore_visible()
+        finally:
+            await res.close()
+
+    assert asyncio.run(restore()) == 1
+
+    # Then the message went back to its queue, the running worker ran the turn once, and
+    # acked it
+    done = _check_stream(turns.wait(job["turn_id"]))
+    assert done["type"] == "done" and done["text"] == _answer()
+    turns.wait_idle()
+    assert not turns.r.hexists(UNACKED, tag)
+    assert len(turns.ledger(job["turn_id"])) == 1
+
+
+def test_undecodable_messages_are_dropped_and_the_worker_goes_on(
+    turns: Turns, worker: WorkerProcess
+) -> None:
+    if worker.engine != "native":
+        pytest.skip("Celery's consumer logs a traceback for a message it cannot decode")
+    # Given junk on the queue: not JSON, another task's message, a job without its fields
+    queue = turns.policy.queue("fast")
+    other = turns.job()
+    turns.producer.send_task("someone.else", args=[other], queue=queue)
+    turns.producer.send_task(RUN_TURN_TASK, args=[{"turn_id": "x"}], queue=queue)
+    turns.r.lpush(queue, b"\x00 not json")
+
+    # When a good turn follows
+    done = _check_stream(turns.wait(turns.send(turns.job())))
+
+    # Then it runs; the junk was taken off the queue and nothing is left unacked
+    assert done["type"] == "done"
+    turns.wait_idle()
+    assert turns.events(other["turn_id"]) == []
+    assert "Traceback" not in worker.output()

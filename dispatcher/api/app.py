@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
         policies = PolicyHolder(settings.policy, metrics)  # a bad policy stops the start
         redis = Redis.from_url(settings.redis_url, socket_keepalive=True,
                                health_check_interval=30)
-        hub = RelayHub(redis)
+        hub = RelayHub(settings.redis_url)
         enqueuer = Enqueuer(settings.redis_url)
         rt = Runtime(settings, redis, hub, enqueuer, policies, metrics, tuning)
         await hub.start()

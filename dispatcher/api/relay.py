@@ -2,8 +2,8 @@
 
 One :class:`RelayHub` per process owns one pub/sub connection. It subscribes to a turn's
 channel when a request asks (:meth:`RelayHub.subscribe`), waits for Redis to confirm the
-subscription, and routes each message to the asyncio queues of that turn's subscribers.
-A single reader task blocks on the connection with a real timeout; nothing polls.
+subscription, and routes each message to the asyncio queues of that turn's subscribers
+as its bytes arrive; nothing polls.
 
 Pub/sub is at-most-once (a message published while the connection is down is gone), so
 the buffer list of :mod:`dispatcher.streaming` is the source of truth and pub/sub only a
@@ -28,17 +28,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
-from dispatcher import streaming
+from dispatcher import resp, streaming
 from dispatcher.api._compat import aw
 
 log = logging.getLogger(__name__)
@@ -47,8 +46,6 @@ log = logging.getLogger(__name__)
 IDLE_S: Final = 0.5
 #: How long a turn may outlive its deadline before the ingress gives up on it.
 DEADLINE_MARGIN_S: Final = 1.5
-#: How long the pub/sub reader blocks on the socket per read.
-READ_TIMEOUT_S: Final = 1.0
 #: How long :meth:`RelayHub.subscribe` waits for Redis to confirm a subscription.
 CONFIRM_TIMEOUT_S: Final = 2.0
 #: The hub stays subscribed to this channel so that its connection is always in
@@ -100,44 +97,39 @@ class Subscription:
 
 
 class RelayHub:
-    """The process's one pub/sub connection, shared by every turn being relayed."""
+    """The process's one pub/sub connection, shared by every turn being relayed.
 
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._pubsub: PubSub | None = None
-        self._task: asyncio.Task[None] | None = None
+    The connection is a :class:`dispatcher.resp.Subscriber`: messages are parsed where the
+    bytes arrive and put straight into the subscribers' queues (redis-py's ``PubSub``
+    spent a task wake-up, a parser round and a dict per message).
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        #: the connection's name in ``CLIENT LIST``
+        self.client_name = f"dispatcher-relay-{os.getpid()}-{id(self):x}"
+        self._subscriber = resp.Subscriber(redis_url, HUB_CHANNEL, self._on_message,
+                                           self._on_reconnect, self.client_name)
         self._subs: dict[bytes, set[Subscription]] = {}
-        self._confirmed: dict[bytes, asyncio.Future[None]] = {}
-        self._lock = asyncio.Lock()
-        self._connection: Connection | None = None
-        self._ready: asyncio.Future[None] | None = None
+        self._started = False
         self.reconnects = 0
 
     async def start(self) -> None:
-        """Start the reader; it connects (and reconnects) on its own.
+        """Start the connection; it connects (and reconnects) on its own.
 
         Redis being down at start is not fatal: the process starts, ``/readyz`` says 503,
-        and the reader subscribes as soon as Redis answers.
+        and the hub subscribes as soon as Redis answers.
         """
-        self._pubsub = self._redis.pubsub()
-        self._ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._read(), name="relay-hub-reader")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._ready), CONFIRM_TIMEOUT_S)
+        self._started = True
+        await self._subscriber.start(CONFIRM_TIMEOUT_S)
 
     async def stop(self) -> None:
-        """Stop the reader and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pubsub is not None:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
-            self._pubsub = None
-        for fut in [*self._confirmed.values(), *([self._ready] if self._ready else [])]:
-            if not fut.done():
-                fut.set_result(None)
+        """Close the connection."""
+        self._started = False
+        await self._subscriber.aclose()
+
+    @property
+    def connected(self) -> bool:
+        return self._subscriber.connected
 
     @property
     def channels(self) -> int:
@@ -151,110 +143,47 @@ class RelayHub:
         does not confirm in time the subscription is returned anyway: the relay's buffer
         reads make up for anything missed.
         """
-        if self._pubsub is None:
+        if not self._started:
             raise RuntimeError("the relay hub is not started")
         sub = Subscription(self, turn_id)
-        async with self._lock:
-            subs = self._subs.get(sub.channel)
-            if subs is None:
-                self._subs[sub.channel] = {sub}
-                confirmed = asyncio.get_running_loop().create_future()
-                self._confirmed[sub.channel] = confirmed
-                try:
-                    await self._pubsub.subscribe(sub.channel)
-                except BaseException:
-                    self._subs.pop(sub.channel, None)
-                    self._confirmed.pop(sub.channel, None)
-                    raise
-            else:
-                subs.add(sub)
-                confirmed = self._confirmed.get(sub.channel) or _done_future()
+        subs = self._subs.get(sub.channel)
+        if subs is None:
+            self._subs[sub.channel] = {sub}
+        else:
+            subs.add(sub)
         try:
-            await asyncio.wait_for(asyncio.shield(confirmed), CONFIRM_TIMEOUT_S)
+            await asyncio.wait_for(self._subscriber.subscribe(sub.channel), CONFIRM_TIMEOUT_S)
         except TimeoutError:
             log.warning("turn %s: no subscription confirmation in %ss", turn_id, CONFIRM_TIMEOUT_S)
+        except BaseException:
+            await sub.close()
+            raise
         return sub
 
     async def _release(self, sub: Subscription) -> None:
-        async with self._lock:
-            subs = self._subs.get(sub.channel)
-            if subs is None:
-                return
-            subs.discard(sub)
-            if subs:
-                return
-            del self._subs[sub.channel]
-            fut = self._confirmed.pop(sub.channel, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)  # nobody waits on it any more; never cancel a waiter
-            if self._pubsub is not None:
-                try:
-                    await self._pubsub.unsubscribe(sub.channel)
-                except (RedisError, OSError) as exc:
-                    # Not fatal: messages on a channel nobody wants are dropped, and a
-                    # reconnect re-subscribes only to the channels still wanted.
-                    log.warning("turn %s: unsubscribe failed: %s", sub.turn_id, exc)
-
-    def _watch_connection(self) -> None:
-        conn = self._pubsub.connection if self._pubsub is not None else None
-        if conn is not None and conn is not self._connection:
-            self._connection = conn
-            conn.register_connect_callback(self._on_connect)
-
-    async def _on_connect(self, connection: Connection) -> None:
-        # Called on every (re)connect, after redis-py re-subscribed the channels; anything
-        # published while the connection was down is lost, so every relay reads its buffer.
-        if self._task is None:
+        subs = self._subs.get(sub.channel)
+        if subs is None:
             return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[sub.channel]
+            # messages still in flight for the channel are dropped; a reconnect subscribes
+            # only to the channels still wanted
+            self._subscriber.unsubscribe(sub.channel)
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        for sub in self._subs.get(channel, ()):
+            sub.queue.put_nowait(data)
+
+    def _on_reconnect(self) -> None:
+        # Anything published while the connection was down is lost, so every relay reads
+        # its buffer.
         self.reconnects += 1
         log.info("relay hub reconnected; %d turn channel(s) resync from their buffers",
                  len(self._subs))
-        self._broadcast(RESYNC)
-
-    def _broadcast(self, item: QueueItem) -> None:
         for subs in self._subs.values():
             for sub in subs:
-                sub.queue.put_nowait(item)
-
-    async def _read(self) -> None:
-        assert self._pubsub is not None
-        pubsub = self._pubsub
-        backoff = 0.05
-        while True:
-            try:
-                if pubsub.connection is None or HUB_CHANNEL.encode() not in pubsub.channels:
-                    await pubsub.subscribe(HUB_CHANNEL)
-                    self._watch_connection()
-                    if self._ready is not None and not self._ready.done():
-                        self._ready.set_result(None)
-                message = await pubsub.get_message(timeout=READ_TIMEOUT_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the reader must outlive any connection trouble
-                log.warning("relay hub read failed (%s: %s); retrying in %.2fs",
-                            type(exc).__name__, exc, backoff)
-                self._broadcast(RESYNC)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            backoff = 0.05
-            if message is None:
-                continue
-            kind = message["type"]
-            channel = message["channel"]
-            if kind == "message":
-                for sub in self._subs.get(channel, ()):
-                    sub.queue.put_nowait(message["data"])
-            elif kind == "subscribe":
-                fut = self._confirmed.get(channel)
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-
-
-def _done_future() -> asyncio.Future[None]:
-    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    fut.set_result(None)
-    return fut
+                sub.queue.put_nowait(RESYNC)
 
 
 async def cancel_turn(redis: Redis, turn_id: str) -> None:

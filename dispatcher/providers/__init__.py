@@ -90,6 +90,9 @@ def make_client(
     return cls(name, config, http, api_key)
 
 
+from dispatcher.providers.transport import LeanTransport  # noqa: E402
+
+
 def new_http_client(
     *, max_connections: int = 1000, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
@@ -103,7 +106,8 @@ def new_http_client(
         keepalive_expiry=30.0,
     )
     if transport is None:
-        transport = httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False, retries=0)
+        # httpx's API and errors, the lean wire underneath (see providers/transport.py)
+        transport = LeanTransport(max_connections=max_connections, keepalive_expiry=30.0)
     return httpx.AsyncClient(
         transport=transport, limits=limits, timeout=None, follow_redirects=False
     )

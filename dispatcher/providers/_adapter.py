@@ -48,6 +48,7 @@ from dispatcher.providers.base import (
 )
 from dispatcher.providers.errors import error_from_response, error_from_transport, scrub
 from dispatcher.providers.sse import SSEEvent, aiter_sse
+from dispatcher.providers.transport import REUSE
 
 __all__ = ["HttpAdapter", "collect", "loads_or_stream_error"]
 
@@ -214,6 +215,10 @@ class HttpAdapter:
                         async with asyncio.timeout_at(deadline):
                             event = await anext(events)
                     except StopAsyncIteration:
+                        # all was read that matters; the connection may serve another call
+                        reuse = response.extensions.get(REUSE)
+                        if reuse is not None:
+                            reuse()
                         return
                     except TimeoutError:
                         raise _timeout(phase, limit, where) from None

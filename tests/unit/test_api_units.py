@@ -65,7 +65,7 @@ async def redis() -> AsyncIterator[Redis]:
 
 @pytest.fixture
 async def hub(redis: Redis) -> AsyncIterator[RelayHub]:
-    h = RelayHub(redis)
+    h = RelayHub(REDIS_URL)
     await h.start()
     yield h
     await h.stop()
@@ -241,10 +241,9 @@ async def test_relay_survives_the_hub_losing_its_connection(hub: RelayHub, redis
     await worker.publish(*worker.tokens(1))
     await asyncio.sleep(0.05)
     # When the hub's pub/sub connection is killed and events are published meanwhile
-    name = (await redis.client_getname()) or ""
     killed = 0
     for client in await redis.client_list():
-        if client.get("name") == name and "P" in client.get("flags", ""):
+        if client.get("name") == hub.client_name and "P" in client.get("flags", ""):
             await redis.client_kill_filter(_id=client["id"])
             killed += 1
     assert killed == 1

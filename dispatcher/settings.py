@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         description="rehearsal mode: point every provider of the policy at this simulator",
     )
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    coalesce_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description="workers: after the first token, publish a turn's events at most once "
+        "per this many ms (tokens in between merge into one event); 0 publishes each at once",
+    )
     admin_token: SecretStr | None = None
     log_level: str = "INFO"
 

@@ -105,7 +105,8 @@ class _Turn:
         if verdict.verdict in ("finished", "busy"):
             log.info("turn %s: %s elsewhere; this delivery does nothing", turn_id, verdict.verdict)
             return
-        self.pub = Publisher(res.append_script, turn_id, verdict.buffered)
+        self.pub = Publisher(res.append_script, turn_id, verdict.buffered,
+                             res.settings.coalesce_ms / 1000)
         if verdict.buffered == 0:
             self._route_event()  # the ingress's seq 0 is missing: keep index == seq
         task = asyncio.current_task()

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from dispatcher import gctune
 from dispatcher.policy import Policy
 from dispatcher.settings import Settings
 from workers.app import visibility_timeout
@@ -71,6 +72,7 @@ async def _serve(settings: Settings, policy: Policy, tiers: Sequence[str], concu
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    gctune.tune()
     log.info("worker %s ready: %s, up to %d turns at once (native engine)",
              res.worker_id, ", ".join(queues), concurrency)
     try:

@@ -1,13 +1,17 @@
-"""Publishing a turn's events: sequence numbers, natural coalescing, one script per flush.
+"""Publishing a turn's events: sequence numbers, coalescing, one script per flush.
 
 Events go out through :data:`dispatcher.streaming.APPEND_AND_PUBLISH` (one ``EVALSHA``
 appends a batch to the turn's buffer and publishes it on the turn's channel, in order).
 
-Coalescing is *natural*, without a timer: the first event starts a flush at once, so the
-first token pays no added latency; while that round trip is in flight, new events queue,
-and consecutive token deltas merge into one ``token`` event. The next flush sends
-everything queued in one call. A fast provider therefore costs one Redis round trip per
-batch rather than per token, and a slow one still gets one event per token.
+Coalescing: the first event starts a flush at once, so the first token pays no added
+latency. After that a turn flushes at most once per ``interval_s`` (``coalesce_ms`` in the
+settings, 20 ms by default): events queued meanwhile go in one call, and consecutive token
+deltas merge into one ``token`` event. The terminal event never waits for the interval.
+Every event costs a Redis call, a pub/sub message, an ingress wake-up and an SSE write,
+and a 20-token answer at 10 ms per token would be 22 of each; a 20 ms window halves that
+(``docs/performance.md``), while speech, which the events feed, needs tens of milliseconds
+for a single syllable. With ``interval_s = 0`` coalescing is only natural: tokens merge
+while a flush's round trip is in flight.
 
 Sequence numbers are given when a batch is sent (after merging), so they stay contiguous:
 the buffer index of an event is its ``seq``.
@@ -24,6 +28,9 @@ from dispatcher.streaming import BUFFER_TTL_S, TERMINAL, buffer_key, channel, en
 
 log = logging.getLogger(__name__)
 
+#: the events that open a coalescing window
+_CONTENT = frozenset({"token", "sentence", "tool_call"})
+
 
 class PublishError(Exception):
     """Raised by :meth:`Publisher.close` when a batch could not be written to Redis."""
@@ -32,8 +39,12 @@ class PublishError(Exception):
 class Publisher:
     """The event writer of one turn; only the turn's owner writes its buffer."""
 
-    def __init__(self, script: ScriptCall, turn_id: str, next_seq: int) -> None:
+    def __init__(self, script: ScriptCall, turn_id: str, next_seq: int,
+                 interval_s: float = 0.0) -> None:
         self._script = script
+        self._interval = interval_s
+        self._last_flush: float | None = None
+        self._hurry: asyncio.Future[None] | None = None
         self.turn_id = turn_id
         self._keys = [buffer_key(turn_id), channel(turn_id)]
         self._seq = next_seq
@@ -74,6 +85,8 @@ class Publisher:
             raise ValueError(f"{type_!r} is not a terminal event type")
         self.emit(type_, **fields)
         self.closed = True
+        if self._hurry is not None and not self._hurry.done():
+            self._hurry.set_result(None)  # the terminal event does not wait for the window
         await self.drain()
 
     async def drain(self) -> None:
@@ -84,10 +97,31 @@ class Publisher:
         if self._error is not None:
             raise PublishError(f"turn {self.turn_id}: events not written") from self._error
 
+    async def _wait_for_window(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._last_flush is None or self.closed:
+            return
+        wait = self._last_flush + self._interval - loop.time()
+        if wait <= 0:
+            return
+        hurry = self._hurry = loop.create_future()
+        timer = loop.call_later(wait, _resolve, hurry)
+        try:
+            await hurry
+        finally:
+            timer.cancel()
+            self._hurry = None
+
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending and self._error is None:
+                if self._interval:
+                    await self._wait_for_window()
                 batch, self._pending = self._pending, []
+                if self._interval and any(e["type"] in _CONTENT for e in batch):
+                    # the window runs from the first content (a route event does not count)
+                    self._last_flush = loop.time()
                 encoded = []
                 for event in batch:
                     encoded.append(encode({"seq": self._seq, **event}))
@@ -100,3 +134,8 @@ class Publisher:
             self._error = exc
         finally:
             self._flusher = None
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dispatcher import gctune
 from dispatcher.api import deps, errors
 from dispatcher.api.limits import BodyLimit
 from dispatcher.api.metrics import Metrics
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
         rt = Runtime(settings, redis, hub, enqueuer, policies, metrics, tuning)
         await hub.start()
         reload_on_sighup = _watch_sighup(policies)
+        gctune.tune()
         log.info("ingress ready: policy %s version %s", settings.policy,
                  policies.current.policy.version)
         try:

@@ -15,7 +15,9 @@ from dispatcher.auth import tenant_for
 M = TypeVar("M", bound=BaseModel)
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a
+    # thread hop and a GIL hand-off (up to the 5 ms switch interval) on every request
     rt: Runtime = request.state.runtime
     return rt
 

@@ -20,6 +20,7 @@ from typing import TypeVar, cast
 
 from redis.asyncio import Redis
 
+from dispatcher import resp
 from dispatcher.streaming import PREFIX
 
 T = TypeVar("T")
@@ -91,11 +92,14 @@ async def revoke_key(redis: Redis, key_or_id: str) -> bool:
     return bool(await _aw(redis.hdel(KEYS_HASH, matches[0])))
 
 
-async def tenant_for(redis: Redis, key: str) -> str | None:
+async def tenant_for(redis: Redis | resp.Pipeline, key: str) -> str | None:
     """The tenant of ``key``, or None when the key is unknown or revoked."""
     if not key:
         return None
-    tenant = await _aw(redis.hget(KEYS_HASH, hash_key(key)))
+    if isinstance(redis, resp.Pipeline):
+        tenant = await redis.call("HGET", KEYS_HASH, hash_key(key))
+    else:
+        tenant = await _aw(redis.hget(KEYS_HASH, hash_key(key)))
     return None if tenant is None else _text(tenant)
 
 

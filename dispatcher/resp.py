@@ -9,7 +9,7 @@ reply). A streamed turn issues one command per token on the worker, so that cost
   encoded command to a buffer that is written once per event-loop iteration, so the
   commands of all concurrent turns share one ``write`` (auto-pipelining); replies are
   matched to calls in order. ``EVALSHA`` falls back to ``EVAL`` on ``NOSCRIPT``.
-  It connects lazily and fails the calls in flight with :class:`ConnectionError` when the
+  It connects lazily and fails the calls in flight with :class:`Unavailable` when the
   connection drops (the next call reconnects).
 * :class:`Subscriber`: one pub/sub connection whose messages are parsed in
   ``data_received`` and handed to a callback, with no task and no queue per message; it
@@ -38,6 +38,10 @@ ScriptCall = Callable[..., Awaitable[Any]]
 
 class RespError(Exception):
     """Raised for (or returned as) an error reply of Redis; the message is Redis's."""
+
+
+class Unavailable(ConnectionError):
+    """Redis could not be reached, or the connection broke with calls in flight."""
 
 
 #: the URL schemes this module connects to
@@ -117,7 +121,7 @@ class Parser:
             return rest
         if kind == b"-":
             return RespError(rest.decode(errors="replace"))
-        raise ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
+        raise Unavailable(f"unexpected reply from Redis: {line[:40]!r}")
 
 
 class _Endpoint:
@@ -177,7 +181,7 @@ class _Protocol(asyncio.Protocol):
         except Exception as exc:  # a protocol error: this connection is unusable
             if self.transport is not None:
                 self.transport.close()
-            self._on_lost(ConnectionError(f"bad reply from Redis: {exc}"))
+            self._on_lost(Unavailable(f"bad reply from Redis: {exc}"))
             return
         if replies:
             self._on_replies(replies)
@@ -257,7 +261,10 @@ class Pipeline:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         ep = self._endpoint
-        proto = await ep.connect(lambda: _Protocol(self._on_replies, self._on_lost))
+        try:
+            proto = await ep.connect(lambda: _Protocol(self._on_replies, self._on_lost))
+        except OSError as exc:
+            raise Unavailable(f"cannot connect to Redis: {exc}") from exc
         hello = [loop.create_future() for _ in ep.hello]
         for command, fut in zip(ep.hello, hello, strict=True):
             self._queue(proto, encode_command(command), fut)
@@ -266,7 +273,7 @@ class Pipeline:
             if isinstance(reply, RespError):
                 if proto.transport is not None:
                     proto.transport.close()
-                raise ConnectionError(f"Redis refused the connection setup: {reply}")
+                raise Unavailable(f"Redis refused the connection setup: {reply}")
         self._proto = proto
         return proto
 
@@ -281,7 +288,7 @@ class Pipeline:
         self._proto = None
         self._out = []
         waiting, self._waiting = self._waiting, deque()
-        error = ConnectionError(f"the Redis connection was lost: {exc or 'closed'}")
+        error = Unavailable(f"the Redis connection was lost: {exc or 'closed'}")
         for fut in waiting:
             if fut is not None and not fut.done():
                 fut.set_exception(error)

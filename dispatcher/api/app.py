@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dispatcher import gctune
+from dispatcher import gctune, resp
 from dispatcher.api import deps, errors
 from dispatcher.api.limits import BodyLimit
 from dispatcher.api.metrics import Metrics
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
                 _unwatch_sighup()
             await rt.drain()
             await hub.stop()
+            await rt.fast.aclose()
             enqueuer.close()
             await redis.aclose()
 
@@ -72,7 +73,8 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
     )
     errors.install(app)
 
-    app.add_exception_handler(RedisError, _redis_error)
+    for redis_error in (RedisError, resp.Unavailable, resp.RespError):
+        app.add_exception_handler(redis_error, _redis_error)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for module in (turns, chat, models, health):
         app.include_router(module.router)

@@ -35,7 +35,7 @@ async def tenant(request: Request, rt: RuntimeDep) -> str:
             "no API key: send the header Authorization: Bearer <key>",
             headers={"www-authenticate": "Bearer"},
         )
-    found = await tenant_for(rt.redis, key)
+    found = await tenant_for(rt.fast, key)
     if found is None:
         raise ApiError(401, "invalid_api_key", "the API key is not valid",
                        headers={"www-authenticate": "Bearer"})

@@ -1,8 +1,8 @@
-"""The ingress's Lua scripts, registered once per Redis client (EVALSHA after the first)."""
+"""The ingress's Lua scripts, on the ingress's pipelined connection (EVALSHA, loaded once)."""
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from dispatcher import resp
 
 # KEYS[1] buffer, KEYS[2] meta, KEYS[3] the tier's queue, KEYS[4] session snapshot (optional)
 # ARGV: route event, buffer ttl, tenant, deadline_at, meta ttl, sticky tier ('' = keep),
@@ -40,8 +40,8 @@ return false
 
 
 class Scripts:
-    """The scripts, bound to one client."""
+    """The scripts, bound to one pipelined connection."""
 
-    def __init__(self, redis: Redis) -> None:
-        self.create_turn = redis.register_script(CREATE_TURN)
-        self.add_client = redis.register_script(ADD_CLIENT)
+    def __init__(self, pipeline: resp.Pipeline) -> None:
+        self.create_turn = pipeline.script(CREATE_TURN)
+        self.add_client = pipeline.script(ADD_CLIENT)

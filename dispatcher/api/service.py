@@ -235,7 +235,7 @@ async def _subscribe_and_read(
     if skey is None:
         return await rt.hub.subscribe(turn_id), None
     sub_result, read_result = await asyncio.gather(
-        rt.hub.subscribe(turn_id), aw(rt.redis.hmget(skey, ["n", "tier", "at", "rule"])),
+        rt.hub.subscribe(turn_id), rt.fast.call("HMGET", skey, "n", "tier", "at", "rule"),
         return_exceptions=True,
     )
     if isinstance(sub_result, BaseException):

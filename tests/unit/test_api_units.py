@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from dispatcher import streaming
+from dispatcher import resp, streaming
 from dispatcher.api.deps import last_event_id
 from dispatcher.api.errors import ApiError, error_body, turn_error_status
 from dispatcher.api.limits import _content_length
@@ -305,6 +305,12 @@ async def test_keys_are_stored_hashed_and_can_be_listed_and_revoked(redis: Redis
     assert key.encode() not in stored and hash_key(key).encode() in stored
     assert await tenant_for(redis, key) == "acme"
     assert await tenant_for(redis, "dk_wrong") is None
+    lean = resp.Pipeline(REDIS_URL)  # the ingress's hot path asks over the lean wire
+    try:
+        assert await tenant_for(lean, key) == "acme"
+        assert await tenant_for(lean, "dk_wrong") is None
+    finally:
+        await lean.aclose()
     listed = await list_keys(redis)
     assert [(k.tenant, k.key_id) for k in listed] == sorted(
         [("acme", hash_key(key)[:12]), ("globex", hash_key(other)[:12])]

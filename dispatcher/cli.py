@@ -277,7 +277,11 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="concurrent turns per process")] = None,
     loglevel: Annotated[str, typer.Option("--loglevel")] = "info",
 ) -> None:
-    """Run a Celery worker for one tier (as ``celery -A workers worker -Q turns.<tier>``)."""
+    """Run the workers of one tier: ``--processes N``, ``--engine native|celery``, ``--grace S``.
+
+    The native engine (default) takes the tier's Celery messages on each process's event
+    loop; ``--engine celery`` runs ``celery -A workers worker -Q turns.<tier>`` instead.
+    """
     policy = _policy(None)
     if tier not in policy.tiers:
         err.print(f"--tier {tier!r}: unknown tier (known: {', '.join(policy.tiers)})")
@@ -285,7 +289,7 @@ def worker(
     argv = [sys.executable, "-m", "workers", "--tier", tier, "--loglevel", loglevel]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    # exec: the worker becomes this process, so signals and exit codes are Celery's own
+    # exec: the worker becomes this process, so signals and exit codes are its own
     os.execv(sys.executable, [*argv, *ctx.args])
 
 

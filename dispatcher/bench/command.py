@@ -58,6 +58,13 @@ def load_command(
     worker_concurrency: Annotated[
         int | None, typer.Option("--worker-concurrency", help="turns per worker process")
     ] = None,
+    worker_processes: Annotated[
+        int, typer.Option("--worker-processes", min=1, help="worker processes per tier")
+    ] = 1,
+    coalesce_ms: Annotated[
+        float | None, typer.Option("--coalesce-ms", min=0,
+                                   help="workers' coalescing window (default: the settings')")
+    ] = None,
     ledger_writer: Annotated[
         bool, typer.Option("--ledger-writer/--no-ledger-writer",
                            help="also run the ledger writer (needs `dispatcher migrate`)")
@@ -85,6 +92,8 @@ def load_command(
         sim_url=sim_url,
         api_key=api_key,
         worker_concurrency=worker_concurrency,
+        worker_processes=worker_processes,
+        coalesce_ms=coalesce_ms,
         ledger_writer=ledger_writer,
     )
     err = Console(stderr=True)
@@ -93,7 +102,8 @@ def load_command(
     tasks: dict[str, object] = {}
     try:
         with Progress(*columns, console=err, refresh_per_second=4, transient=as_json) as bar:
-            err.print("starting the stack (Redis, simulator, ingress, one worker per tier)..."
+            err.print(f"starting the stack (Redis, simulator, ingress, {worker_processes} worker "
+                      "process(es) per tier)..."
                       if ingress_url is None else f"attaching to {ingress_url}")
 
             def progress(label: str, done: int, total: int) -> None:

@@ -22,7 +22,10 @@ def results_table(result: dict[str, Any]) -> Table:
     table = Table(
         title=(f"dispatcher bench: {cfg['tokens']}-token answers, simulator TTFT "
                f"{cfg['ttft_ms']} ms, {cfg['itl_ms']} ms between tokens; model "
-               f"{result['model']}; {result['cpus']} CPUs"),
+               f"{result['model']}; {result['cpus']} CPUs"
+               + (f"; {cfg.get('worker_processes', 1)} worker process(es) per tier, events "
+                  f"coalesced over {cfg['coalesce_ms']:g} ms"
+                  if cfg.get("coalesce_ms") is not None else "")),
         caption=("TTFT at the client; + = through minus direct; CPU ms per turn from "
                  "/proc utime+stime; RSS = peak during the phase"),
     )

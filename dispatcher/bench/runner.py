@@ -33,6 +33,7 @@ from dispatcher.bench.stats import difference, summarize
 from dispatcher.bench.targets import check_targets
 from dispatcher.errors import ConfigError
 from dispatcher.providers import SIM_KEY
+from dispatcher.settings import get_settings
 
 #: A short FAQ-style voice turn: the router sends it to the fast tier.
 BENCH_TENANT = "bench"
@@ -59,6 +60,9 @@ class LoadBenchConfig:
     sim_url: str | None = None
     api_key: str | None = None
     worker_concurrency: int | None = None
+    #: worker processes per tier, and the publishers' coalescing window (None: settings')
+    worker_processes: int = 1
+    coalesce_ms: float | None = None
     ingress_workers: int = 1
     ledger_writer: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -109,13 +113,18 @@ def _stack(config: LoadBenchConfig) -> Iterator[_Attached]:
 
     sim_args = ["--ttft-ms", str(config.ttft_ms), "--itl-ms", str(config.itl_ms),
                 "--tokens", str(config.tokens)]
+    env = dict(config.extra_env)
+    if config.coalesce_ms is None:  # what the workers will read: record it with the result
+        config.coalesce_ms = get_settings().coalesce_ms
+    env["DISPATCHER_COALESCE_MS"] = repr(float(config.coalesce_ms))
     with running_stack(
         redis_url=config.redis_url,
         sim_args=sim_args,
         worker_concurrency=config.worker_concurrency,
+        worker_args=["--processes", str(config.worker_processes)],
         ingress_workers=config.ingress_workers,
         ledger_writer=config.ledger_writer,
-        extra_env=config.extra_env,
+        extra_env=env,
     ) as stack:
         pids = stack.pids()
         roots = {

@@ -73,7 +73,7 @@ async def _serve(settings: Settings, policy: Policy, tiers: Sequence[str], concu
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     gctune.tune()
-    log.info("worker %s ready: %s, up to %d turns at once (native engine)",
+    log.info("worker %s (native engine; %s; up to %d turns at once) ready.",
              res.worker_id, ", ".join(queues), concurrency)
     try:
         await consumer.run()

@@ -61,6 +61,9 @@ def load_command(
     worker_processes: Annotated[
         int, typer.Option("--worker-processes", min=1, help="worker processes per tier")
     ] = 1,
+    worker_engine: Annotated[
+        str, typer.Option("--worker-engine", help="native or celery (see `dispatcher worker`)")
+    ] = "native",
     coalesce_ms: Annotated[
         float | None, typer.Option("--coalesce-ms", min=0,
                                    help="workers' coalescing window (default: the settings')")
@@ -78,6 +81,10 @@ def load_command(
     from dispatcher.bench.report import plot, results_table, targets_table
     from dispatcher.bench.runner import LoadBenchConfig, run_load_bench
 
+    if worker_engine not in ("native", "celery"):
+        Console(stderr=True).print(
+            f"--worker-engine must be native or celery, not {worker_engine!r}")
+        raise typer.Exit(USAGE)
     config = LoadBenchConfig(
         concurrency=tuple(concurrency or (1, 10, 50, 200)),
         turns=turns,
@@ -93,6 +100,7 @@ def load_command(
         api_key=api_key,
         worker_concurrency=worker_concurrency,
         worker_processes=worker_processes,
+        worker_engine=worker_engine,
         coalesce_ms=coalesce_ms,
         ledger_writer=ledger_writer,
     )

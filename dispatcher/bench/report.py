@@ -23,7 +23,8 @@ def results_table(result: dict[str, Any]) -> Table:
         title=(f"dispatcher bench: {cfg['tokens']}-token answers, simulator TTFT "
                f"{cfg['ttft_ms']} ms, {cfg['itl_ms']} ms between tokens; model "
                f"{result['model']}; {result['cpus']} CPUs"
-               + (f"; {cfg.get('worker_processes', 1)} worker process(es) per tier, events "
+               + (f"; {cfg.get('worker_processes', 1)} {cfg.get('worker_engine', 'native')} "
+                  "worker process(es) per tier, events "
                   f"coalesced over {cfg['coalesce_ms']:g} ms"
                   if cfg.get("coalesce_ms") is not None else "")),
         caption=("TTFT at the client; + = through minus direct; CPU ms per turn from "

@@ -62,6 +62,7 @@ class LoadBenchConfig:
     worker_concurrency: int | None = None
     #: worker processes per tier, and the publishers' coalescing window (None: settings')
     worker_processes: int = 1
+    worker_engine: str = "native"
     coalesce_ms: float | None = None
     ingress_workers: int = 1
     ledger_writer: bool = False
@@ -121,7 +122,8 @@ def _stack(config: LoadBenchConfig) -> Iterator[_Attached]:
         redis_url=config.redis_url,
         sim_args=sim_args,
         worker_concurrency=config.worker_concurrency,
-        worker_args=["--processes", str(config.worker_processes)],
+        worker_args=["--processes", str(config.worker_processes),
+                     "--engine", config.worker_engine],
         ingress_workers=config.ingress_workers,
         ledger_writer=config.ledger_writer,
         extra_env=env,

@@ -134,7 +134,7 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
-            if " ready." in line or " ready:" in line:
+            if " ready." in line:
                 self.ready.set()
 
     def output(self) -> str:

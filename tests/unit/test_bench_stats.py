@@ -66,6 +66,8 @@ def test_targets_are_checked_per_endpoint_and_level() -> None:
     assert met["chat: streams/s at C=200"] is True
     assert met["chat: errors at C=200"] is False
     assert met["chat: ingress+workers CPU per turn, worst C (ms)"] is False
+    assert met["chat: ingress+workers CPU per turn at C=50 (ms)"] is True
+    assert met["chat: ingress+workers CPU per turn at C=200 (ms)"] is False
     assert met["chat: ingress memory per open stream at C=200 (KiB)"] is True
     assert met["idle ingress + workers RSS (MiB)"] is True
     assert met["routing p99, mixed (µs)"] is True

@@ -135,3 +135,30 @@ def ledger_redis() -> Iterator[redis.Redis]:
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture(scope="session")
+def flushed_redis() -> Iterator[Callable[[str], redis.Redis]]:
+    """Opens a Redis database by URL, flushed first; each is flushed and closed at the end.
+
+    Unreachable: the test is skipped locally and fails in CI (``CI=true``).
+    """
+    opened: list[redis.Redis] = []
+
+    def open_db(url: str) -> redis.Redis:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            client.close()
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"Redis is required in CI and not reachable at {url}: {exc}")
+            pytest.skip(f"Redis not reachable at {url}: {exc}")
+        client.flushdb()
+        opened.append(client)
+        return client
+
+    yield open_db
+    for client in opened:
+        client.flushdb()
+        client.close()

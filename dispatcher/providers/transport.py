@@ -63,16 +63,21 @@ class _Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self._parser: Any = None
-        self._headers: list[tuple[bytes, bytes]] = []
         self._status = 0
         self._head: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
-        self._buffered = 0
         self._paused = False
         self._wake: asyncio.Future[None] | None = None
+        self._keep_alive = True
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the previous exchange (a new request is about to be sent)."""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunks.clear()
+        self._buffered = 0
         self._error: Exception | None = None
         self._complete = False
-        self._keep_alive = True
         self._got_bytes = False
         self._draining = False
         self._drained = 0
@@ -158,16 +163,8 @@ class _Connection(asyncio.Protocol):
         """Send the request; wait for the response's status and headers."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
+        self._reset()
         self._parser = httptools.HttpResponseParser(self)
-        self._headers = []
-        self._chunks.clear()
-        self._buffered = 0
-        self._error = None
-        self._complete = False
-        self._got_bytes = False
-        self._draining = False
-        self._drained = 0
-        self.reusable = False
         self._head = loop.create_future()
         try:
             self.transport.write(head + body if len(body) < 65536 else head)

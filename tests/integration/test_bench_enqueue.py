@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -35,18 +35,8 @@ TEXT = "what time do you close on sundays"
 
 
 @pytest.fixture(scope="module")
-def r() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required in CI: {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def r(flushed_redis: Callable[[str], redis.Redis]) -> redis.Redis:
+    return flushed_redis(REDIS_URL)
 
 
 def _job() -> dict[str, Any]:

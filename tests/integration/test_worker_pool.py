@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,18 +27,8 @@ REDIS_URL = os.environ.get("DISPATCHER_TEST_POOL_REDIS_URL", "redis://127.0.0.1:
 
 
 @pytest.fixture
-def r() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is required in CI: {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def r(flushed_redis: Callable[[str], redis.Redis]) -> redis.Redis:
+    return flushed_redis(REDIS_URL)
 
 
 def _children(r: redis.Redis, pool_pid: int) -> dict[int, dict[str, Any]]:

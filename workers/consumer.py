@@ -170,7 +170,8 @@ class Consumer:
         restorer = asyncio.create_task(self._restore_forever(), name="unacked-restorer")
         try:
             while not self._stopping.is_set():
-                await self._slots.acquire()
+                if not await self._slot():
+                    break
                 try:
                     got = await self._receive()
                 except (ConnectionError, OSError, resp.RespError) as exc:
@@ -204,7 +205,26 @@ class Consumer:
 
     # -- taking ---------------------------------------------------------------------------
 
+    async def _slot(self) -> bool:
+        """Wait for a free slot; False (and no slot held) if told to stop meanwhile."""
+        if not self._slots.locked():
+            await self._slots.acquire()
+        else:
+            acquiring = asyncio.ensure_future(self._slots.acquire())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+                return False
+        if self._stopping.is_set():
+            self._slots.release()
+            return False
+        return True
+
     async def _receive(self) -> tuple[str, bytes, str | None] | None:
+        if len(self.queues) > 1:  # round robin over the queues, as kombu's cycle does
+            self.queues.append(self.queues.pop(0))
         keys = [UNACKED, UNACKED_INDEX, *self.queues]
         got = await self._take(keys=keys, args=[repr(time.time())])
         if not got:

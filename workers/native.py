@@ -14,6 +14,7 @@ while children keep dying; a signal is passed on to every child.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -21,6 +22,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
 
 from dispatcher import gctune
 from dispatcher.policy import Policy
@@ -31,6 +35,8 @@ from workers.resources import Resources, _new_loop
 
 log = logging.getLogger(__name__)
 
+#: Longest pause between attempts to reach Redis at start.
+OPEN_RETRY_MAX_S = 5.0
 #: Seconds the running turns get to finish after a stop signal.
 DEFAULT_GRACE_S = 30.0
 #: Restart back-off of a pool child that died: doubles per quick death, up to the cap.
@@ -53,25 +59,31 @@ def run_process(settings: Settings, policy: Policy, tiers: Sequence[str], concur
 async def _serve(settings: Settings, policy: Policy, tiers: Sequence[str], concurrency: int,
                  grace_s: float) -> int:
     identity = {"engine": "native", "tiers": list(tiers), "concurrency": concurrency}
-    res = await Resources.open(settings, policy, identity=identity)
-    queues = [policy.queue(t) for t in tiers]
-    consumer = Consumer(res, queues, concurrency, visibility_timeout(policy))
     loop = asyncio.get_running_loop()
-    signals = 0
-    grace = asyncio.Event()  # set by a second signal: stop waiting for the running turns
+    consumer: Consumer | None = None
+    stopped = asyncio.Event()  # the first signal
+    grace = asyncio.Event()  # a second signal: stop waiting for the running turns
 
     def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
+        if not stopped.is_set():
+            stopped.set()
+            running = consumer.running if consumer is not None else 0
             log.info("%s: warm shutdown, %d turn(s) running (signal again to end them)",
-                     signal.Signals(signum).name, consumer.running)
-            consumer.stop()
+                     signal.Signals(signum).name, running)
+            if consumer is not None:
+                consumer.stop()
         else:
             grace.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    res = await _open(settings, policy, identity, stopped)
+    if res is None:
+        return 0
+    queues = [policy.queue(t) for t in tiers]
+    consumer = Consumer(res, queues, concurrency, visibility_timeout(policy))
+    if stopped.is_set():
+        consumer.stop()
     gctune.tune()
     log.info("worker %s (native engine; %s; up to %d turns at once) ready.",
              res.worker_id, ", ".join(queues), concurrency)
@@ -94,6 +106,22 @@ async def _serve(settings: Settings, policy: Policy, tiers: Sequence[str], concu
         await res.close()
     log.info("worker %s stopped after %d turn(s)", res.worker_id, consumer.taken)
     return 0
+
+
+async def _open(settings: Settings, policy: Policy, identity: dict[str, Any],
+                stopped: asyncio.Event) -> Resources | None:
+    """Open the resources, waiting for Redis as long as it takes (None if stopped first)."""
+    delay = 0.5
+    while not stopped.is_set():
+        try:
+            return await Resources.open(settings, policy, identity=identity)
+        except (OSError, RedisError) as exc:
+            log.warning("Redis at %s is not answering (%s); retrying in %.1f s",
+                        settings.redis_url, exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), delay)
+        delay = min(delay * 2, OPEN_RETRY_MAX_S)
+    return None
 
 
 def run_pool(argv: Sequence[str], processes: int) -> int:

@@ -93,3 +93,22 @@ async def test_without_a_window_each_token_flushes_on_its_own(pipeline: resp.Pip
     await pub.close("done", turn_id=turn_id)
     assert pub.flushes == 6
     assert [e["type"] for e in await _events(pipeline, turn_id)] == ["token"] * 5 + ["done"]
+
+
+async def test_tokens_pending_when_the_stream_pauses_go_out_within_a_window_and_a_half(
+    pipeline: resp.Pipeline,
+) -> None:
+    # Given a 40 ms window: a first token, a second 5 ms later, then a long pause
+    rec = Recorder(pipeline)
+    turn_id = uuid.uuid4().hex
+    pub = Publisher(rec, turn_id, 0, interval_s=0.040)
+    pub.token("a")
+    await asyncio.sleep(0.005)
+    pub.token("b")
+    await asyncio.sleep(0.15)
+
+    # Then the second token went out by itself (a timer), 40-60 ms after the first flush
+    assert pub.flushes == 2
+    assert 0.039 <= rec.at[1] - rec.at[0] <= 0.075
+    await pub.close("done", turn_id=turn_id)
+    assert [e["type"] for e in await _events(pipeline, turn_id)] == ["token", "token", "done"]

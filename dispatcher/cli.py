@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +26,8 @@ class Exit(IntEnum):
     USAGE = 2  # bad arguments
 
 
+
+T = TypeVar("T")
 app = typer.Typer(
     help="Route each voice-bot turn to the right LLM tier.",
     no_args_is_help=True,
@@ -293,7 +296,7 @@ def worker(
     os.execv(sys.executable, [*argv, *ctx.args])
 
 
-def _with_redis(fn):  # type: ignore[no-untyped-def]
+def _with_redis(fn: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``fn(redis)`` against the Redis of the settings."""
     from dispatcher.auth import with_redis
 

@@ -27,10 +27,11 @@ import hashlib
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 Arg = bytes | str | int | float
+P = TypeVar("P", bound=asyncio.Protocol)
 #: a Lua script to call as ``script(keys=[...], args=[...])``: redis-py's ``AsyncScript`` or
 #: :class:`Script`
 ScriptCall = Callable[..., Awaitable[Any]]
@@ -151,7 +152,7 @@ class _Endpoint:
         if db and db != "0":
             self.hello.append(["SELECT", int(db)])
 
-    async def connect(self, factory: Callable[[], asyncio.Protocol]) -> Any:
+    async def connect(self, factory: Callable[[], P]) -> P:
         loop = asyncio.get_running_loop()
         if self.scheme == "unix":
             _, proto = await loop.create_unix_connection(factory, self.path)

@@ -147,7 +147,7 @@ def _wait_for_workers(broker_url: str, workers: list[Child], timeout: float = 60
             pids = {w.proc.pid for w in workers}
             up = set()
             for key in client.scan_iter(match=prefix + "*", count=1000):
-                raw = client.get(key)
+                raw: bytes | None = client.get(key)  # type: ignore[assignment]
                 if raw is None:
                     continue
                 record = orjson.loads(raw)

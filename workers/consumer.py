@@ -150,8 +150,6 @@ class Consumer:
 
     def __init__(self, res: Resources, queues: Sequence[str], concurrency: int,
                  visibility_timeout: float) -> None:
-        if res.pipeline is None:
-            raise ValueError("the native engine needs a redis:// URL (no TLS, no socket)")
         self.res = res
         self.queues = list(queues)
         self.concurrency = concurrency
@@ -287,7 +285,6 @@ class Consumer:
 
     async def _ack(self, tag: str) -> None:
         pipeline = self.res.pipeline
-        assert pipeline is not None
         try:
             await asyncio.gather(pipeline.call("ZREM", UNACKED_INDEX, tag),
                                  pipeline.call("HDEL", UNACKED, tag))
@@ -315,7 +312,6 @@ class Consumer:
         the consuming end of its queue; a message acked meanwhile is left alone.
         """
         pipeline = self.res.pipeline
-        assert pipeline is not None
         ceil = (now if now is not None else time.time()) - self.visibility_timeout
         tags = await pipeline.call("ZRANGEBYSCORE", UNACKED_INDEX, "-inf", repr(ceil),
                                    "LIMIT", 0, RESTORE_BATCH)
@@ -346,7 +342,6 @@ class Consumer:
         """kombu's ``_lookup``: the default exchange routes by queue name."""
         if not exchange or exchange == routing_key:
             return [routing_key]
-        assert self.res.pipeline is not None
         members = await self.res.pipeline.call("SMEMBERS", BINDING_PREFIX + exchange)
         queues = []
         for member in members or []:

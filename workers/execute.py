@@ -345,19 +345,13 @@ class _Turn:
             worker=self.owner,
         )
         state = {"finished_at": repr(finished_at), "status": str(status)}
-        if res.pipeline is not None:
-            # both in one write on the hot connection, right behind the terminal event
-            fields = [x for kv in encode_ledger(event).items() for x in kv]
-            await asyncio.gather(
-                res.pipeline.call("HSET", state_key(self.turn_id),
-                                  *(x for kv in state.items() for x in kv)),
-                res.pipeline.call("XADD", LEDGER_STREAM, "*", *fields),
-            )
-        else:
-            async with res.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(state_key(self.turn_id), mapping=state)  # type: ignore[arg-type]
-                pipe.xadd(LEDGER_STREAM, encode_ledger(event))  # type: ignore[arg-type]
-                await pipe.execute()
+        # both in one write on the hot connection, right behind the terminal event
+        fields = [x for kv in encode_ledger(event).items() for x in kv]
+        await asyncio.gather(
+            res.pipeline.call("HSET", state_key(self.turn_id),
+                              *(x for kv in state.items() for x in kv)),
+            res.pipeline.call("XADD", LEDGER_STREAM, "*", *fields),
+        )
         log.info(
             "turn %s: %s%s on %s in %.0f ms, %d events in %d flushes, cost %s",
             self.turn_id,

@@ -98,14 +98,9 @@ class Resources:
         # The per-token path (APPEND_AND_PUBLISH) and the claim go over one auto-pipelined
         # connection (dispatcher.resp): the scripts of every turn of this process share a
         # write per loop iteration, at a fraction of redis-py's per-command CPU.
-        self.pipeline = resp.Pipeline(settings.redis_url) if resp.supported(
-            settings.redis_url) else None
-        if self.pipeline is not None:
-            self.append_script: Any = self.pipeline.script(APPEND_AND_PUBLISH)
-            self.claim_script: Any = self.pipeline.script(CLAIM)
-        else:
-            self.append_script = redis.register_script(APPEND_AND_PUBLISH)
-            self.claim_script = redis.register_script(CLAIM)
+        self.pipeline = resp.Pipeline(settings.redis_url)
+        self.append_script = self.pipeline.script(APPEND_AND_PUBLISH)
+        self.claim_script = self.pipeline.script(CLAIM)
         self.renew_script = redis.register_script(RENEW)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         #: turn id -> (owner id, the asyncio task running it)
@@ -154,8 +149,7 @@ class Resources:
         with contextlib.suppress(Exception):
             await self.redis.delete(WORKER_KEY_PREFIX + self.worker_id)
         await self.http.aclose()
-        if self.pipeline is not None:
-            await self.pipeline.aclose()
+        await self.pipeline.aclose()
         await self.redis.aclose(close_connection_pool=True)
 
     def new_owner(self) -> str:

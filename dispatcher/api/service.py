@@ -234,6 +234,8 @@ async def _subscribe_and_read(
     """Subscribe to the turn's channel while reading the session snapshot."""
     if skey is None:
         return await rt.hub.subscribe(turn_id), None
+    sub_result: Subscription | BaseException
+    read_result: Any
     sub_result, read_result = await asyncio.gather(
         rt.hub.subscribe(turn_id), rt.fast.call("HMGET", skey, "n", "tier", "at", "rule"),
         return_exceptions=True,

@@ -322,7 +322,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if conn is not None:
             return conn
         loop = asyncio.get_running_loop()
-        deadline = None if timeouts.get("pool") is None else loop.time() + timeouts["pool"]
+        pool_timeout = timeouts.get("pool")
+        deadline = None if pool_timeout is None else loop.time() + pool_timeout
         while len(self._open) >= self.max_connections:
             # over the limit: close an idle connection of another host, or wait for one
             victim = next((c for q in self._idle.values() for c in q), None)

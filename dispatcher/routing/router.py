@@ -355,8 +355,8 @@ class _Turn:
                         continue
                     if g.regex.search(self.raw_lower if g.raw else self.norm):
                         return True
-        patterns = router._always.get(intent)
-        return bool(patterns) and any(p.search(self.norm) for p in patterns)
+        patterns = router._always.get(intent) or ()
+        return any(p.search(self.norm) for p in patterns)
 
     def is_whole(self, intents: Sequence[str], allowed: Sequence[str]) -> bool:
         """True when the turn is nothing but these intents' phrases and filler words."""

@@ -95,7 +95,7 @@ async def test_without_a_window_each_token_flushes_on_its_own(pipeline: resp.Pip
     assert [e["type"] for e in await _events(pipeline, turn_id)] == ["token"] * 5 + ["done"]
 
 
-async def test_tokens_pending_when_the_stream_pauses_go_out_within_a_window_and_a_half(
+async def test_tokens_pending_when_the_stream_pauses_go_out_when_the_window_ends(
     pipeline: resp.Pipeline,
 ) -> None:
     # Given a 40 ms window: a first token, a second 5 ms later, then a long pause
@@ -107,7 +107,7 @@ async def test_tokens_pending_when_the_stream_pauses_go_out_within_a_window_and_
     pub.token("b")
     await asyncio.sleep(0.15)
 
-    # Then the second token went out by itself (a timer), 40-60 ms after the first flush
+    # Then the second token went out by itself (the window's timer), ~40 ms after the first
     assert pub.flushes == 2
     assert 0.039 <= rec.at[1] - rec.at[0] <= 0.075
     await pub.close("done", turn_id=turn_id)

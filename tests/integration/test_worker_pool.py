@@ -45,6 +45,17 @@ def _children(r: redis.Redis, pool_pid: int) -> dict[int, dict[str, Any]]:
     return out
 
 
+def _output(proc: subprocess.Popen[bytes]) -> str:
+    """Everything ``proc`` printed, once it has exited (killed if it is still running)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode(errors="replace")
+    proc.stdout.close()
+    return output
+
+
 def _wait(check: Any, timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,12 +94,7 @@ def test_a_pool_keeps_its_processes_and_stops_cleanly(r: redis.Redis, sim_url: s
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
     finally:
-        if pool.poll() is None:
-            pool.kill()
-            pool.wait(10)
-        assert pool.stdout is not None
-        output = pool.stdout.read().decode(errors="replace")
-        pool.stdout.close()
+        output = _output(pool)
     assert "Traceback" not in output, output
 
 
@@ -156,12 +162,7 @@ def test_a_stop_signal_lets_running_turns_finish_and_a_second_ends_them(
         assert worker.wait(15) == 0
         assert r.hlen("unacked") == 0 and r.llen(policy.queue("fast")) == 0
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
-        assert worker.stdout is not None
-        output = worker.stdout.read().decode(errors="replace")
-        worker.stdout.close()
+        output = _output(worker)
         httpx.post(f"{sim}/admin/reset", timeout=5)
     assert "Traceback" not in output, output
 
@@ -216,13 +217,8 @@ def test_a_worker_started_before_redis_waits_for_it(tmp_path: Any) -> None:
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(15) == 0
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(10)
+        output = _output(worker)
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(10)
-        assert worker.stdout is not None
-        output = worker.stdout.read().decode(errors="replace")
-        worker.stdout.close()
     assert "is not answering" in output and "Traceback" not in output, output

@@ -49,11 +49,6 @@ class Unavailable(ConnectionError):
 SCHEMES = ("redis", "rediss", "unix")
 
 
-def supported(url: str) -> bool:
-    """Whether this module can connect to ``url``."""
-    return urlsplit(url).scheme in SCHEMES
-
-
 def _bulk(arg: Arg) -> bytes:
     if isinstance(arg, bytes):
         data = arg

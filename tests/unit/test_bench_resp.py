@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.resp import Parser, RespError, _Endpoint, encode_command, supported
+from dispatcher.resp import Parser, RespError, _Endpoint, encode_command
 
 
 def test_commands_are_arrays_of_bulk_strings() -> None:
@@ -23,10 +23,9 @@ def test_replies_split_anywhere_come_out_whole_and_in_order(cut: int) -> None:
 
 
 def test_tcp_tls_and_unix_socket_urls_use_the_lean_wire() -> None:
-    assert supported("redis://127.0.0.1:6379/3")
-    assert supported("rediss://example:6380/0")
-    assert supported("unix:///tmp/redis.sock?db=2")
-    assert not supported("http://127.0.0.1:6379")
+    assert _Endpoint("redis://127.0.0.1:6379/3").hello == [["SELECT", 3]]
+    with pytest.raises(ValueError, match="unsupported Redis URL scheme 'http'"):
+        _Endpoint("http://127.0.0.1:6379")
     unix = _Endpoint("unix://:secret@/tmp/redis.sock?db=2")
     assert (unix.path, unix.hello) == ("/tmp/redis.sock", [["AUTH", "secret"], ["SELECT", 2]])
     tls = _Endpoint("rediss://bob:pw@example:6380/1")

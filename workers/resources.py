@@ -13,22 +13,28 @@ worker process must hold hundreds of such streams at once.
   pool and a Redis pool per turn: no keep-alive reuse, a TLS handshake per call, and
   hundreds of loops competing for the GIL.
 
-So: Celery's ``threads`` pool (``--pool threads``, concurrency 256 by default) runs each
-task in a thread that only submits :func:`workers.execute.execute` to **one event loop
-per process** (uvloop when importable) and blocks on the ``concurrent.futures.Future``.
-Celery keeps doing what it is good at (late acks, prefetch, redelivery, remote control,
-Flower), while all I/O runs on the loop: a blocked thread costs a few tens of KB of stack
-and no CPU, and the loop multiplexes every stream over one pooled ``httpx.AsyncClient``
-(keep-alive connections shared by all turns) and one ``redis.asyncio`` pool.
+So: **one event loop per process** (uvloop when importable) holds every stream. The
+default engine (:mod:`workers.consumer`) takes the Celery messages on that loop itself;
+with ``--engine celery``, Celery's ``threads`` pool (concurrency 256 by default) runs each
+task in a thread that only submits :func:`workers.execute.execute` to the loop and blocks
+on the ``concurrent.futures.Future`` (measured against each other in
+``docs/performance.md``).
+Either way the loop multiplexes every stream over one pooled ``httpx.AsyncClient``
+(keep-alive connections shared by all turns, :mod:`dispatcher.providers.transport`), one
+auto-pipelined RESP connection for the per-token path, and one ``redis.asyncio`` pool for
+the rest; under Celery a blocked thread costs a few tens of KB of stack and no CPU.
 
-The loop is started when the worker starts (``worker_init`` for the threads pool,
-``worker_process_init`` in each child if someone runs prefork), never at import and never
-inherited across a fork; :meth:`ProcessLoop.start` also notices a changed pid.
+The native engine opens :class:`Resources` on its own loop (:mod:`workers.native`); under
+Celery the loop runs in a thread of its own, started when the worker starts
+(``worker_init`` for the threads pool, ``worker_process_init`` in each child if someone
+runs prefork), never at import and never inherited across a fork;
+:meth:`ProcessLoop.start` also notices a changed pid.
 
 On the loop live the adapters of every provider of the policy (``make_client`` with
 ``env=os.environ`` and ``sim_url``), a single subscription to ``dispatcher:cancel`` that
 cancels the asyncio task of a cancelled turn at once, and one lease renewer for every
-running turn (see :mod:`workers.claim`).
+running turn (see :mod:`workers.claim`), and the process's announcement in Redis
+(``dispatcher:workers:<host>:<pid>``: engine, tiers, concurrency, running turns).
 """
 
 from __future__ import annotations

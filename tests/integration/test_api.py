@@ -25,6 +25,7 @@ import openai
 import pytest
 import redis as sync_redis
 import yaml
+from helpers import wait_for
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher import streaming
@@ -251,16 +252,6 @@ def take_job(rdb: sync_redis.Redis, timeout: float = 5) -> tuple[str, TurnJob]:
 
 def queued(rdb: sync_redis.Redis) -> int:
     return sum(int(rdb.llen(q)) for q in QUEUES)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 class CancelListener:

@@ -26,6 +26,7 @@ import orjson
 import pytest
 import redis
 from celery import Celery
+from helpers import wait_for
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -133,15 +134,6 @@ def job(session_id: str, prompt: str, **changes: Any) -> dict[str, Any]:
     }
     out.update(changes)
     return out
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ended(r: redis.Redis, turn_id: str) -> bool:

@@ -15,13 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 import redis
+from helpers import wait_for
 from sqlalchemy import Engine, text
 
 from dispatcher.ledger.bench import TurnFactory
@@ -69,15 +70,6 @@ def start_writer(url: str, redis_url: str, *extra: str) -> subprocess.Popen[str]
     return subprocess.Popen(
         args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def scalar(engine: Engine, sql: str) -> Any:

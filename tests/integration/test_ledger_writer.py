@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from helpers import wait_for
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
@@ -400,15 +401,6 @@ def test_poison_entries_are_dead_lettered_and_the_rest_written(
 # -- Postgres away and back -----------------------------------------------------------------
 
 
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_postgres_unavailable_events_wait_then_every_row_appears_once(
     ledger_redis: redis.Redis,
     ledger_pg_factory: Callable[[], str],
@@ -439,7 +431,7 @@ def test_postgres_unavailable_events_wait_then_every_row_appears_once(
     try:
         # Given a running writer that has written a first batch
         add(ledger_redis, list(factory.events(50)))
-        _wait(lambda: writer.stats.inserted == 50, 10, "the first batch")
+        wait_for(lambda: writer.stats.inserted == 50, 10, "the first batch")
         # When the database stops accepting connections and drops the existing ones
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
@@ -450,14 +442,14 @@ def test_postgres_unavailable_events_wait_then_every_row_appears_once(
         # and turns keep ending meanwhile
         later = list(factory.events(300))
         add(ledger_redis, later)
-        _wait(lambda: writer.stats.db_retries >= 3, 10, "the writer to retry")
+        wait_for(lambda: writer.stats.db_retries >= 3, 10, "the writer to retry")
         # Then the events wait in the stream, unacknowledged
         assert ledger_redis.xlen(STREAM) == 300
         assert writer.stats.inserted == 50
         # When the database is back
         with admin.connect() as conn:
             conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        _wait(lambda: ledger_redis.xlen(STREAM) == 0, 20, "the backlog to be written")
+        wait_for(lambda: ledger_redis.xlen(STREAM) == 0, 20, "the backlog to be written")
     finally:
         stop.set()
         thread.join(10)
@@ -487,7 +479,7 @@ def test_an_unreachable_database_at_start_is_waited_for(
     )
     thread = threading.Thread(target=writer.run, daemon=True)
     thread.start()
-    _wait(lambda: writer.stats.db_retries >= 2, 10, "retries")
+    wait_for(lambda: writer.stats.db_retries >= 2, 10, "retries")
     stop.set()
     thread.join(10)
     assert not thread.is_alive()

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from helpers import wait_for
 
 from dispatcher.streaming import buffer_key
 from workers.resources import WORKER_KEY_PREFIX
@@ -56,16 +57,6 @@ def _output(proc: subprocess.Popen[bytes]) -> str:
     return output
 
 
-def _wait(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
 def test_a_pool_keeps_its_processes_and_stops_cleanly(r: redis.Redis, sim_url: str) -> None:
     env = dict(os.environ, DISPATCHER_REDIS_URL=REDIS_URL, DISPATCHER_SIM_URL=sim_url)
     pool = subprocess.Popen(
@@ -75,7 +66,7 @@ def test_a_pool_keeps_its_processes_and_stops_cleanly(r: redis.Redis, sim_url: s
     )
     try:
         # Given a pool of two: both children announce themselves, the pool as their parent
-        first = _wait(lambda: (c := _children(r, pool.pid)) and len(c) == 2 and c)
+        first = wait_for(lambda: (c := _children(r, pool.pid)) and len(c) == 2 and c, 20)
         assert all(rec["engine"] == "native" and rec["tiers"] == ["fast"]
                    for rec in first.values())
 
@@ -83,7 +74,8 @@ def test_a_pool_keeps_its_processes_and_stops_cleanly(r: redis.Redis, sim_url: s
         # announcement expires on its own)
         victim, survivor = list(first)
         os.kill(victim, signal.SIGKILL)
-        later = _wait(lambda: (c := _children(r, pool.pid)) and set(c) - set(first) and c)
+        later = wait_for(lambda: (c := _children(r, pool.pid)) and set(c) - set(first) and c,
+                         20)
         replacement = (set(later) - set(first)).pop()
         later = {survivor: later[survivor], replacement: later[replacement]}
 
@@ -116,7 +108,7 @@ def _terminal(r: redis.Redis, turn_id: str, timeout: float = 15.0) -> dict[str, 
         event = orjson.loads(raw) if raw is not None else None
         return event if event and event["type"] in ("done", "error") else None
 
-    return _wait(last, timeout)
+    return wait_for(last, timeout)
 
 
 @pytest.mark.parametrize("signals", [1, 2])
@@ -140,12 +132,12 @@ def test_a_stop_signal_lets_running_turns_finish_and_a_second_ends_them(
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        _wait(lambda: _children_of(r, worker.pid))
+        wait_for(lambda: _children_of(r, worker.pid), 20)
         job = _job(policy)
         message = TaskMessages().build(RUN_TURN_TASK, [job], task_id=job["turn_id"],
                                        queue=policy.queue("fast"), argsrepr="(...)")
         r.lpush(policy.queue("fast"), message)
-        _wait(lambda: r.llen(buffer_key(job["turn_id"])) >= 2)  # streaming has begun
+        wait_for(lambda: r.llen(buffer_key(job["turn_id"])) >= 2, 20)  # streaming has begun
 
         # When it is told to stop (once, or twice)
         for _ in range(signals):
@@ -210,9 +202,9 @@ def test_a_worker_started_before_redis_waits_for_it(tmp_path: Any) -> None:
             except redis.ConnectionError:
                 return False
 
-        _wait(answering, timeout=10)
+        wait_for(answering, timeout=10)
         # Then the worker connects and announces itself, and stops cleanly when told to
-        _wait(lambda: _children_of(client, worker.pid), timeout=20)
+        wait_for(lambda: _children_of(client, worker.pid), timeout=20)
         client.close()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(15) == 0

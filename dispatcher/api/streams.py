@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+from starlette.types import Receive
+
 from dispatcher.api.openai_compat import Collected
 from dispatcher.api.relay import Event
 from dispatcher.api.runtime import Runtime
 from dispatcher.api.service import Started, release
-from dispatcher.api.sse import KEEPALIVE, EventStream, retry_field, sse
+from dispatcher.api.sse import KEEPALIVE, EventStream, retry_field, sse, unless_disconnected
 
 
 class Observer:
@@ -81,4 +83,20 @@ async def collect(rt: Runtime, started: Started) -> Collected:
             continue
         observer.see(event)
         collected.add(event)
+    return collected
+
+
+async def collect_whole(receive: Receive, rt: Runtime, started: Started) -> Collected | None:
+    """The whole turn for a non-streamed answer, or None when the client left first.
+
+    A client gone before the end cancels the turn (no grace: nothing can resume a
+    non-streamed request); either way the turn's relay is released.
+    """
+    finished, collected = await unless_disconnected(
+        receive, collect(rt, started),
+        lambda: release(rt, started, disconnected=True, grace_s=0),
+    )
+    if not finished or collected is None:
+        return None
+    await release(rt, started, disconnected=False, grace_s=0)
     return collected

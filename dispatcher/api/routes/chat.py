@@ -29,7 +29,7 @@ from dispatcher.api.runtime import Runtime
 from dispatcher.api.schemas import ChatRequest
 from dispatcher.api.service import Started, TurnInput, release, start_turn
 from dispatcher.api.sse import unless_disconnected
-from dispatcher.api.streams import Observer, collect, event_stream, headers
+from dispatcher.api.streams import Observer, collect_whole, event_stream, headers
 from dispatcher.routing.text import content_text
 
 router = APIRouter()
@@ -98,13 +98,9 @@ def _target(rt: Runtime, name: str) -> tuple[str | None, str | None]:
 
 async def _whole(request: Request, rt: Runtime, started: Started) -> Response:
     created = int(time.time())
-    finished, collected = await unless_disconnected(
-        request.receive, collect(rt, started),
-        lambda: release(rt, started, disconnected=True, grace_s=0),
-    )
-    if not finished or collected is None:
+    collected = await collect_whole(request.receive, rt, started)
+    if collected is None:
         return Response(status_code=499)
-    await release(rt, started, disconnected=False, grace_s=0)
     hdrs = headers(started, collected.model or None)
     if collected.failed:
         raise _turn_failed(collected.terminal, hdrs)

@@ -12,9 +12,8 @@ from starlette.responses import Response
 from dispatcher.api.deps import RuntimeDep, Tenant, last_event_id, read_json, validate
 from dispatcher.api.errors import ApiError, turn_error_status
 from dispatcher.api.schemas import TurnRequest
-from dispatcher.api.service import Started, TurnInput, cancel, release, resume_turn, start_turn
-from dispatcher.api.sse import unless_disconnected
-from dispatcher.api.streams import collect, event_stream, headers, native_events
+from dispatcher.api.service import Started, TurnInput, cancel, resume_turn, start_turn
+from dispatcher.api.streams import collect_whole, event_stream, headers, native_events
 
 router = APIRouter()
 
@@ -65,13 +64,9 @@ async def delete_turn(turn_id: str, rt: RuntimeDep, tenant: Tenant) -> Response:
 
 
 async def _whole(request: Request, rt: RuntimeDep, started: Started) -> Response:
-    finished, collected = await unless_disconnected(
-        request.receive, collect(rt, started),
-        lambda: release(rt, started, disconnected=True, grace_s=0),
-    )
-    if not finished or collected is None:
+    collected = await collect_whole(request.receive, rt, started)
+    if collected is None:
         return Response(status_code=499)
-    await release(rt, started, disconnected=False, grace_s=0)
     body = collected.turn_body()
     status = turn_error_status(body["error"]["code"]) if collected.failed else 200
     return Response(orjson.dumps(body), status, headers=headers(started, collected.model),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -22,3 +24,34 @@ def wait_for(condition: Callable[[], T], timeout: float = 5.0, what: str = "the 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@contextlib.contextmanager
+def writer_in_thread(redis: Any, engine: Any, config: Any, policy: Any = None
+                     ) -> Iterator[Any]:
+    """A :class:`LedgerWriter` running in a thread; stopped (and checked stopped) at exit."""
+    from dispatcher.ledger.writer import LedgerWriter
+
+    stop = threading.Event()
+    writer = LedgerWriter(redis, engine, config, policy=policy, stop=stop)
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    try:
+        yield writer
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive(), "the ledger writer did not stop"
+
+
+def refuse_connections(admin: Any, database: str, refuse: bool = True) -> None:
+    """Make Postgres refuse (and drop) connections to ``database``, or accept them again."""
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {not refuse!s}'))
+        if refuse:
+            conn.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": database},
+            )

@@ -26,8 +26,8 @@ import orjson
 import pytest
 import redis
 from celery import Celery
-from helpers import wait_for
-from sqlalchemy import select, text
+from helpers import refuse_connections, wait_for, writer_in_thread
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -35,7 +35,7 @@ from dispatcher.ledger import migrate
 from dispatcher.ledger.db import make_engine
 from dispatcher.ledger.models import Price, Turn
 from dispatcher.ledger.repository import priced_cost
-from dispatcher.ledger.writer import STREAM, LedgerWriter, WriterConfig
+from dispatcher.ledger.writer import STREAM, WriterConfig
 from dispatcher.policy import load_policy
 from dispatcher.streaming import buffer_key, cancel_key
 from dispatcher.turns import RUN_TURN_TASK
@@ -159,15 +159,7 @@ def test_turns_through_the_worker_while_postgres_is_down_each_get_one_exact_row(
         isolation_level="AUTOCOMMIT",
     )
     engine = make_engine(url, writer=True)
-    stop = threading.Event()
-    writer = LedgerWriter(
-        ledger_redis,
-        engine,
-        WriterConfig(consumer="w", block_ms=50, retry_initial_s=0.05, retry_max_s=0.5),
-        policy=policy,
-        stop=stop,
-    )
-    thread = threading.Thread(target=writer.run, daemon=True)
+    config = WriterConfig(consumer="w", block_ms=50, retry_initial_s=0.05, retry_max_s=0.5)
     producer = Celery("ledger-test-ingress", broker=REDIS_URL, set_as_current=False)
     producer.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
     sent: list[dict[str, Any]] = []
@@ -177,43 +169,34 @@ def test_turns_through_the_worker_while_postgres_is_down_each_get_one_exact_row(
         sent.append(j)
 
     try:
-        thread.start()
-        # Given Postgres refusing connections
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-        # When turns run: answered ones, ones where every model fails, cancelled ones
-        for i in range(12):
-            send(job(f"call-{i % 3}", f"question number {i} about the opening hours"))
-        wait_for(lambda: all(ended(ledger_redis, j["turn_id"]) for j in sent), 30, "answers")
-        with httpx.Client(timeout=5) as http:
-            http.post(f"{sim}/admin/faults", json={"model": "*", "fault": "http_503"})
+        with writer_in_thread(ledger_redis, engine, config, policy) as writer:
+            # Given Postgres refusing connections
+            refuse_connections(admin, name)
+            # When turns run: answered ones, ones where every model fails, cancelled ones
+            for i in range(12):
+                send(job(f"call-{i % 3}", f"question number {i} about the opening hours"))
+            wait_for(lambda: all(ended(ledger_redis, j["turn_id"]) for j in sent), 30, "answers")
+            with httpx.Client(timeout=5) as http:
+                http.post(f"{sim}/admin/faults", json={"model": "*", "fault": "http_503"})
+                for i in range(3):
+                    send(job("call-9", f"this one fails {i}"))
+                wait_for(lambda: all(ended(ledger_redis, j["turn_id"]) for j in sent), 30, "fails")
+                http.post(f"{sim}/admin/faults", json={"model": "*", "fault": "none"})
             for i in range(3):
-                send(job("call-9", f"this one fails {i}"))
-            wait_for(lambda: all(ended(ledger_redis, j["turn_id"]) for j in sent), 30, "fails")
-            http.post(f"{sim}/admin/faults", json={"model": "*", "fault": "none"})
-        for i in range(3):
-            j = job("call-9", f"cancelled before it ran {i}", speculative=True)
-            ledger_redis.set(cancel_key(j["turn_id"]), "1", ex=60)
-            send(j)
-        # Then every turn still completes (the workers never wait on the database)
-        wait_for(lambda: all(ended(ledger_redis, j["turn_id"]) for j in sent), 30, "cancels")
-        wait_for(lambda: ledger_redis.xlen(STREAM) == len(sent), 10, "the ledger events")
-        time.sleep(0.5)
-        assert writer.stats.inserted == 0 and writer.stats.db_retries > 0
-        # When Postgres is back
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        wait_for(lambda: ledger_redis.xlen(STREAM) == 0, 30, "the backlog to be written")
+                j = job("call-9", f"cancelled before it ran {i}", speculative=True)
+                ledger_redis.set(cancel_key(j["turn_id"]), "1", ex=60)
+                send(j)
+            # Then every turn still completes (the workers never wait on the database)
+            wait_for(lambda: all(ended(ledger_redis, j["turn_id"]) for j in sent), 30, "cancels")
+            wait_for(lambda: ledger_redis.xlen(STREAM) == len(sent), 10, "the ledger events")
+            time.sleep(0.5)
+            assert writer.stats.inserted == 0 and writer.stats.db_retries > 0
+            # When Postgres is back
+            refuse_connections(admin, name, refuse=False)
+            wait_for(lambda: ledger_redis.xlen(STREAM) == 0, 30, "the backlog to be written")
     finally:
-        stop.set()
-        thread.join(10)
         producer.close()
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        refuse_connections(admin, name, refuse=False)
         engine.dispose()
         admin.dispose()
     # Then exactly one row per turn

@@ -8,7 +8,6 @@ poison entries set aside, and Postgres going away and coming back.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -19,8 +18,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from helpers import wait_for
-from sqlalchemy import Engine, select, text
+from helpers import refuse_connections, wait_for, writer_in_thread
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from dispatcher.ledger import queries
@@ -417,48 +416,30 @@ def test_postgres_unavailable_events_wait_then_every_row_appears_once(
         make_url(url).set(database="postgres").render_as_string(False), isolation_level="AUTOCOMMIT"
     )
     engine = make_engine(url, writer=True)
-    stop = threading.Event()
-    writer = LedgerWriter(
-        ledger_redis,
-        engine,
-        WriterConfig(consumer="w", block_ms=50, retry_initial_s=0.05, retry_max_s=0.3),
-        policy=policy,
-        stop=stop,
-    )
-    thread = threading.Thread(target=writer.run, daemon=True)
-    thread.start()
     factory = TurnFactory(policy, seed=9, spread_s=60)
+    config = WriterConfig(consumer="w", block_ms=50, retry_initial_s=0.05, retry_max_s=0.3)
     try:
-        # Given a running writer that has written a first batch
-        add(ledger_redis, list(factory.events(50)))
-        wait_for(lambda: writer.stats.inserted == 50, 10, "the first batch")
-        # When the database stops accepting connections and drops the existing ones
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": name},
-            )
-        # and turns keep ending meanwhile
-        later = list(factory.events(300))
-        add(ledger_redis, later)
-        wait_for(lambda: writer.stats.db_retries >= 3, 10, "the writer to retry")
-        # Then the events wait in the stream, unacknowledged
-        assert ledger_redis.xlen(STREAM) == 300
-        assert writer.stats.inserted == 50
-        # When the database is back
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        wait_for(lambda: ledger_redis.xlen(STREAM) == 0, 20, "the backlog to be written")
+        with writer_in_thread(ledger_redis, engine, config, policy) as writer:
+            # Given a running writer that has written a first batch
+            add(ledger_redis, list(factory.events(50)))
+            wait_for(lambda: writer.stats.inserted == 50, 10, "the first batch")
+            # When the database stops accepting connections and drops the existing ones
+            refuse_connections(admin, name)
+            # and turns keep ending meanwhile
+            later = list(factory.events(300))
+            add(ledger_redis, later)
+            wait_for(lambda: writer.stats.db_retries >= 3, 10, "the writer to retry")
+            # Then the events wait in the stream, unacknowledged
+            assert ledger_redis.xlen(STREAM) == 300
+            assert writer.stats.inserted == 50
+            # When the database is back
+            refuse_connections(admin, name, refuse=False)
+            wait_for(lambda: ledger_redis.xlen(STREAM) == 0, 20, "the backlog to be written")
     finally:
-        stop.set()
-        thread.join(10)
-        with admin.connect() as conn:
-            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        refuse_connections(admin, name, refuse=False)
         engine.dispose()
         admin.dispose()
     # Then every turn has its row, none twice
-    assert not thread.is_alive()
     check = make_engine(url)
     rows = rows_of(check)
     assert len(rows) == 350 == len({t.turn_id for t in rows})
@@ -473,16 +454,9 @@ def test_an_unreachable_database_at_start_is_waited_for(
     # A writer pointed at a port where nothing listens keeps the events and says so
     add(ledger_redis, list(TurnFactory(policy, seed=10, spread_s=60).events(10)))
     engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", writer=True)
-    stop = threading.Event()
-    writer = LedgerWriter(
-        ledger_redis, engine, WriterConfig(block_ms=50, retry_initial_s=0.05), stop=stop
-    )
-    thread = threading.Thread(target=writer.run, daemon=True)
-    thread.start()
-    wait_for(lambda: writer.stats.db_retries >= 2, 10, "retries")
-    stop.set()
-    thread.join(10)
-    assert not thread.is_alive()
+    config = WriterConfig(block_ms=50, retry_initial_s=0.05)
+    with writer_in_thread(ledger_redis, engine, config) as writer:
+        wait_for(lambda: writer.stats.db_retries >= 2, 10, "retries")
     assert writer.stats.inserted == 0
     # the stopped writer leaves its batch pending; a writer with the right URL takes it over
     assert ledger_redis.xpending(STREAM, "ledger-writer")["pending"] == 10

@@ -92,14 +92,12 @@ async def revoke_key(redis: Redis, key_or_id: str) -> bool:
     return bool(await _aw(redis.hdel(KEYS_HASH, matches[0])))
 
 
-async def tenant_for(redis: Redis | resp.Pipeline, key: str) -> str | None:
-    """The tenant of ``key``, or None when the key is unknown or revoked."""
+async def tenant_for(redis: resp.Pipeline, key: str) -> str | None:
+    """The tenant of ``key``, or None when the key is unknown or revoked (the ingress's
+    per-request lookup, on its pipelined connection)."""
     if not key:
         return None
-    if isinstance(redis, resp.Pipeline):
-        tenant = await redis.call("HGET", KEYS_HASH, hash_key(key))
-    else:
-        tenant = await _aw(redis.hget(KEYS_HASH, hash_key(key)))
+    tenant = await redis.call("HGET", KEYS_HASH, hash_key(key))
     return None if tenant is None else _text(tenant)
 
 

@@ -72,8 +72,6 @@ REDIS_CONNECTIONS = 256
 START_TIMEOUT_S = 30.0
 #: How long a cancel heard for a turn not running here is remembered.
 UNCLAIMED_CANCEL_S = 60.0
-#: How long to wait before resubscribing after the cancel subscription broke.
-RESUBSCRIBE_DELAY_S = 0.5
 #: A worker process announces itself under ``WORKER_KEY_PREFIX + worker id`` (JSON: pid,
 #: parent pid, host, engine, tiers, concurrency, running turns), refreshed every
 #: ``ANNOUNCE_EVERY_S``; the key expires ``ANNOUNCE_TTL_S`` after the process stops.
@@ -108,6 +106,10 @@ class Resources:
         self.append_script = self.pipeline.script(APPEND_AND_PUBLISH)
         self.claim_script = self.pipeline.script(CLAIM)
         self.renew_script = redis.register_script(RENEW)
+        #: the cancel channel, on the same lean subscriber the ingress's relay uses
+        self._cancels = resp.Subscriber(
+            settings.redis_url, CANCEL_CHANNEL, self._on_cancel, self._on_cancels_reconnected,
+            client_name=f"dispatcher-cancels-{os.getpid()}")
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         #: turn id -> (owner id, the asyncio task running it)
         self.running: dict[str, tuple[str, asyncio.Task[Any]]] = {}
@@ -152,6 +154,7 @@ class Resources:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._cancels.aclose()
         with contextlib.suppress(Exception):
             await self.redis.delete(WORKER_KEY_PREFIX + self.worker_id)
         await self.http.aclose()
@@ -188,34 +191,21 @@ class Resources:
     # -- background -----------------------------------------------------------------------
 
     async def _start_background(self) -> None:
-        subscribed = asyncio.Event()
         self._background = [
-            asyncio.create_task(self._listen_cancels(subscribed), name="cancel-listener"),
             asyncio.create_task(self._renew_leases(), name="lease-renewer"),
             asyncio.create_task(self._announce(), name="announcer"),
         ]
         # A turn must not start before cancels can reach it.
-        await asyncio.wait_for(subscribed.wait(), START_TIMEOUT_S)
+        if not await self._cancels.start(START_TIMEOUT_S):
+            raise TimeoutError(f"no subscription to {CANCEL_CHANNEL} within {START_TIMEOUT_S:g} s")
 
-    async def _listen_cancels(self, subscribed: asyncio.Event) -> None:
-        while True:
-            try:
-                async with self.redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CANCEL_CHANNEL)
-                    async for message in pubsub.listen():
-                        kind = message.get("type")
-                        if kind == "subscribe":
-                            subscribed.set()
-                            await self._recheck_cancels()
-                        elif kind == "message":
-                            data = message["data"]
-                            turn_id = data.decode() if isinstance(data, bytes) else str(data)
-                            self.request_cancel(turn_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("cancel subscription lost (%r); resubscribing", exc)
-                await asyncio.sleep(RESUBSCRIBE_DELAY_S)
+    def _on_cancel(self, channel: bytes, data: bytes) -> None:
+        self.request_cancel(data.decode())
+
+    def _on_cancels_reconnected(self) -> None:
+        log.warning("cancel subscription was lost and is back; rechecking running turns")
+        task = asyncio.create_task(self._recheck_cancels(), name="cancel-recheck")
+        self._background.append(task)
 
     async def _announce(self) -> None:
         key = WORKER_KEY_PREFIX + self.worker_id

@@ -567,6 +567,28 @@ def test_cancel_stops_the_provider_call_at_once(turns: Turns) -> None:
     assert turns.stats("alpha-small")["completed"] == 0
 
 
+def test_a_cancel_sent_while_the_cancel_subscription_was_down_still_arrives(
+    turns: Turns, worker: WorkerProcess
+) -> None:
+    # Given a long answer streaming
+    turns.latency("alpha-small", itl_ms=50, tokens=200)
+    turn_id = turns.send(turns.job())
+    _eventually(lambda: bool(_by_type(turns.events(turn_id), "token")))
+
+    # When the worker's cancel subscription is cut and the cancel is published meanwhile
+    name = f"dispatcher-cancels-{worker.proc.pid}"
+    killed = [c for c in turns.r.client_list() if c.get("name") == name]
+    for client in killed:
+        turns.r.client_kill_filter(_id=client["id"])
+    turns.r.set(cancel_key(turn_id), "1", ex=900)
+    turns.r.publish(CANCEL_CHANNEL, turn_id)
+
+    # Then on resubscribing the worker finds the cancel key and stops the turn
+    assert killed
+    error = _check_stream(turns.wait(turn_id, timeout=5))
+    assert (error["type"], error["code"]) == ("error", "cancelled")
+
+
 def test_turn_cancelled_or_expired_before_pickup_is_skipped(turns: Turns) -> None:
     cancelled = turns.job()
     turns.r.set(cancel_key(cancelled["turn_id"]), "1", ex=900)

@@ -123,6 +123,13 @@ def ledger_sqlite(tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A migrated, empty ledger database: each test runs on SQLite and on Postgres."""
+    name = "ledger_sqlite" if request.param == "sqlite" else "ledger_pg"
+    return str(request.getfixturevalue(name))
+
+
 @pytest.fixture
 def ledger_redis() -> Iterator[redis.Redis]:
     """Redis DB 7, flushed before and after the test."""

@@ -43,12 +43,6 @@ def policy() -> Policy:
     return load_policy(DEFAULT_POLICY_PATH)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    name = "ledger_sqlite" if request.param == "sqlite" else "ledger_pg"
-    return str(request.getfixturevalue(name))
-
-
 def fill(
     url: str, policy: Policy, n: int = 120, seed: int = 11, **factory: Any
 ) -> list[dict[str, Any]]:

@@ -51,12 +51,6 @@ def policy() -> Policy:
     return load_policy(DEFAULT_POLICY_PATH)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest) -> str:
-    name = "ledger_sqlite" if request.param == "sqlite" else "ledger_pg"
-    return str(request.getfixturevalue(name))
-
-
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     eng = make_engine(db_url)

@@ -55,3 +55,33 @@ def refuse_connections(admin: Any, database: str, refuse: bool = True) -> None:
                 text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                 {"n": database},
             )
+
+
+def turn_job(*, chain: list[str], messages: list[dict[str, Any]], tier: str = "fast",
+             tenant: str = "tenant-1", session_id: str = "session-1",
+             policy_version: str = "test", deadline_s: float = 8.0,
+             **changes: Any) -> dict[str, Any]:
+    """A ``TurnJob`` dict as the ingress enqueues it (``dispatcher.turns``), fresh ids."""
+    import hashlib
+    import uuid
+
+    now = time.time()
+    prompt = str(messages[-1].get("content") or "")
+    job: dict[str, Any] = {
+        "turn_id": uuid.uuid4().hex,
+        "tenant": tenant,
+        "session_id": session_id,
+        "tier": tier,
+        "chain": chain,
+        "rule": "test-rule",
+        "confidence": 0.9,
+        "params": {"messages": messages},
+        "received_at": now,
+        "deadline_at": now + deadline_s,
+        "policy_version": policy_version,
+        "speculative": False,
+        "text_chars": len(prompt),
+        "text_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+    }
+    job.update(changes)
+    return job

@@ -10,13 +10,11 @@ the provider reported times the prices of the policy version.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ import orjson
 import pytest
 import redis
 from celery import Celery
-from helpers import refuse_connections, wait_for, writer_in_thread
+from helpers import refuse_connections, turn_job, wait_for, writer_in_thread
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -115,25 +113,9 @@ def worker(
 
 
 def job(session_id: str, prompt: str, **changes: Any) -> dict[str, Any]:
-    now = time.time()
-    out = {
-        "turn_id": uuid.uuid4().hex,
-        "tenant": "tenant-p",
-        "session_id": session_id,
-        "tier": "fast",
-        "chain": ["alpha-small", "beta-mid"],
-        "rule": "pipeline-rule",
-        "confidence": 0.9,
-        "params": {"messages": [{"role": "user", "content": prompt}]},
-        "received_at": now,
-        "deadline_at": now + 8,
-        "policy_version": "ledger-pipeline-test",
-        "speculative": False,
-        "text_chars": len(prompt),
-        "text_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-    }
-    out.update(changes)
-    return out
+    return turn_job(chain=["alpha-small", "beta-mid"], tenant="tenant-p",
+                    session_id=session_id, messages=[{"role": "user", "content": prompt}],
+                    rule="pipeline-rule", policy_version="ledger-pipeline-test", **changes)
 
 
 def ended(r: redis.Redis, turn_id: str) -> bool:

@@ -12,7 +12,6 @@ Redis missing: skipped locally, a failure in CI (``CI=true``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import orjson
 import pytest
 import redis
 from celery import Celery
+from helpers import turn_job
 
 from dispatcher.domain import Usage
 from dispatcher.policy import Policy, load_policy
@@ -198,30 +198,9 @@ class Turns:
         self.r, self.producer, self.policy, self.sim, self.http = r, producer, policy, sim, http
 
     def job(self, tier: str = "fast", prompt: str = PROMPT, **changes: Any) -> dict[str, Any]:
-        now = time.time()
-        job: dict[str, Any] = {
-            "turn_id": uuid.uuid4().hex,
-            "tenant": "tenant-1",
-            "session_id": "session-1",
-            "tier": tier,
-            "chain": list(self.policy.chain(tier)),
-            "rule": "test-rule",
-            "confidence": 0.9,
-            "params": {
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": prompt},
-                ]
-            },
-            "received_at": now,
-            "deadline_at": now + 8,
-            "policy_version": "worker-test",
-            "speculative": False,
-            "text_chars": len(prompt),
-            "text_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
-        }
-        job.update(changes)
-        return job
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        return turn_job(chain=list(self.policy.chain(tier)), messages=messages, tier=tier,
+                        policy_version="worker-test", **changes)
 
     def route(self, job: dict[str, Any]) -> None:
         model = job["chain"][0]

@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 import redis
-from helpers import wait_for
+from helpers import turn_job, wait_for
 
 from dispatcher.streaming import buffer_key
 from workers.resources import WORKER_KEY_PREFIX
@@ -90,18 +89,6 @@ def test_a_pool_keeps_its_processes_and_stops_cleanly(r: redis.Redis, sim_url: s
     assert "Traceback" not in output, output
 
 
-def _job(policy: Any, tier: str = "fast") -> dict[str, Any]:
-    now = time.time()
-    prompt = "What are your opening hours tomorrow?"
-    return {
-        "turn_id": uuid.uuid4().hex, "tenant": "t", "session_id": "s", "tier": tier,
-        "chain": list(policy.chain(tier)), "rule": "test", "confidence": 1.0,
-        "params": {"messages": [{"role": "user", "content": prompt}]},
-        "received_at": now, "deadline_at": now + 20, "policy_version": policy.version,
-        "speculative": False, "text_chars": len(prompt), "text_sha256": "",
-    }
-
-
 def _terminal(r: redis.Redis, turn_id: str, timeout: float = 15.0) -> dict[str, Any]:
     def last() -> dict[str, Any] | None:
         raw = r.lindex(buffer_key(turn_id), -1)
@@ -133,7 +120,9 @@ def test_a_stop_signal_lets_running_turns_finish_and_a_second_ends_them(
     )
     try:
         wait_for(lambda: _children_of(r, worker.pid), 20)
-        job = _job(policy)
+        job = turn_job(chain=list(policy.chain("fast")), policy_version=policy.version,
+                       messages=[{"role": "user", "content": "What are your hours tomorrow?"}],
+                       deadline_s=20)
         message = TaskMessages().build(RUN_TURN_TASK, [job], task_id=job["turn_id"],
                                        queue=policy.queue("fast"), argsrepr="(...)")
         r.lpush(policy.queue("fast"), message)

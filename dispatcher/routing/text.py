@@ -34,23 +34,12 @@ _APOSTROPHES = {
         "you'll we've haven't hasn't he's she's"
     ).split()
 } | {"whats": "what's", "thats": "that's"}
+#: "one" to "nine": said twice on purpose (phone numbers), and counted as numbers
+_DIGIT_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # words that are said twice on purpose
-_REPEATABLE = frozenset("no yes yeah bye very hold okay ok no".split()) | {
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "zero",
-    "oh",
-    "double",
-    "ha",
-    "go",
-}
+_REPEATABLE = frozenset("no yes yeah bye very hold okay ok zero oh double ha go".split()) | set(
+    _DIGIT_WORDS
+)
 _ACK = re.compile(r"\b(?:mm+|uh+|um+)[\s-]*(?:hm+|huh)\b")
 
 _QUESTION_START = frozenset(
@@ -106,15 +95,7 @@ _CONJUNCTIONS = frozenset(
 )
 _NUMBER_WORDS = frozenset(
     [
-        "one",
-        "two",
-        "three",
-        "four",
-        "five",
-        "six",
-        "seven",
-        "eight",
-        "nine",
+        *_DIGIT_WORDS,
         "ten",
         "eleven",
         "twelve",

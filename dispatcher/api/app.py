@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
         redis = Redis.from_url(settings.redis_url, socket_keepalive=True,
                                health_check_interval=30)
         hub = RelayHub(settings.redis_url)
-        enqueuer = Enqueuer(settings.redis_url)
+        enqueuer = Enqueuer()
         rt = Runtime(settings, redis, hub, enqueuer, policies, metrics, tuning)
         await hub.start()
         reload_on_sighup = _watch_sighup(policies)
@@ -61,7 +61,6 @@ def create_app(settings: Settings | None = None, *, tuning: Tuning | None = None
             await rt.drain()
             await hub.stop()
             await rt.fast.aclose()
-            enqueuer.close()
             await redis.aclose()
 
     app = FastAPI(

@@ -17,7 +17,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 from dispatcher import resp
-from dispatcher.api._compat import aw
 from dispatcher.api.enqueue import TaskMessages
 from dispatcher.api.metrics import Metrics
 from dispatcher.api.relay import DEADLINE_MARGIN_S, IDLE_S, RelayHub
@@ -106,17 +105,14 @@ class PolicyHolder:
 
 
 class Enqueuer:
-    """The producer of :data:`RUN_TURN_TASK` messages; never imports the workers.
+    """Builds the :data:`RUN_TURN_TASK` messages of this ingress; never imports the workers.
 
-    The hot path does not call :meth:`send`: :func:`dispatcher.api.service.start_turn`
-    pushes :meth:`message` in the same Lua call that creates the turn (one round trip,
-    atomic). :meth:`send` pushes one on its own, with the process's asyncio Redis client
-    (see :mod:`dispatcher.api.enqueue` for why not ``send_task``).
+    :func:`dispatcher.api.service.start_turn` pushes :meth:`message` in the same Lua call
+    that creates the turn (one round trip, atomic; see :mod:`dispatcher.api.enqueue` for
+    why not ``send_task``).
     """
 
-    def __init__(self, broker_url: str, redis: Redis | None = None) -> None:
-        self.broker_url = broker_url
-        self.redis = redis
+    def __init__(self) -> None:
         self._messages = TaskMessages()
 
     def message(self, job: TurnJob, queue: str) -> bytes:
@@ -124,14 +120,6 @@ class Enqueuer:
         # Flower and worker logs show argsrepr; the prompt must not appear there.
         return self._messages.build(RUN_TURN_TASK, [job], task_id=turn_id, queue=queue,
                                     argsrepr=f"[turn {turn_id}]")
-
-    async def send(self, job: TurnJob, queue: str) -> None:
-        if self.redis is None:
-            raise RuntimeError("the enqueuer has no Redis client")
-        await aw(self.redis.lpush(queue, self.message(job, queue)))
-
-    def close(self) -> None:
-        """Nothing to close: the Redis client is the runtime's."""
 
 
 class Runtime:
@@ -151,8 +139,6 @@ class Runtime:
         self.redis = redis
         self.hub = hub
         self.enqueuer = enqueuer
-        if enqueuer.redis is None and enqueuer.broker_url == settings.redis_url:
-            enqueuer.redis = redis  # the broker is this Redis: share its pool
         self.policies = policies
         self.metrics = metrics
         self.tuning = tuning

@@ -55,7 +55,7 @@ def _push(job: dict[str, Any]) -> None:
     async def go() -> None:
         client = AsyncRedis.from_url(REDIS_URL)
         try:
-            await Enqueuer(REDIS_URL, client).send(job, QUEUE)  # type: ignore[arg-type]
+            await client.lpush(QUEUE, Enqueuer().message(job, QUEUE))  # type: ignore[arg-type]
         finally:
             await client.aclose()
 
@@ -73,7 +73,8 @@ def test_envelope_matches_what_send_task_pushes(r: redis.Redis) -> None:
     async def go() -> None:
         client = AsyncRedis.from_url(REDIS_URL)
         try:
-            await Enqueuer(REDIS_URL, client).send(job, "turns.compare")  # type: ignore[arg-type]
+            message = Enqueuer().message(job, "turns.compare")  # type: ignore[arg-type]
+            await client.lpush("turns.compare", message)
         finally:
             await client.aclose()
 
